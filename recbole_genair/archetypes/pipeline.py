@@ -1,0 +1,337 @@
+"""The archetype preprocessing step: ``.item`` file -> archetypes -> RecBole feature file.
+
+Outputs, for data set ``NAME`` in ``dataset/NAME/``:
+
+* ``archetypes/NAME.archetypes.jsonl`` — per item: token, archetype text, generated ids,
+  prompt length, whether a stop token ended it (committed: users read them, and the
+  embeddings can be rebuilt from them with one teacher-forced pass, ``--from-texts``);
+* ``archetypes/NAME.archetypes.meta.json`` — model identity, prompt, generation and PCA
+  settings, feature sizes;
+* ``archetypes/cache/<key>/`` — resumable shards and ``raw.npz``, the raw pooled prefill
+  and decoding embeddings (not committed);
+* ``NAME.archetype`` — the final frozen features as a RecBole atomic file keyed by
+  ``item_id:token`` with ``prefill_emb:float_seq`` and ``decoding_emb:float_seq`` (PCA of each,
+  Eq. 7), which the GenAIR data set aligns to RecBole's internal ids by token;
+* ``NAME.cooc.npz`` — item co-occurrence counts in users' training sequences (Eq. 10).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from recbole_genair.archetypes.extract import generate_and_embed, teacher_forced
+from recbole_genair.archetypes.llm import DEFAULT_LLM, LoadedLLM, encode_prompts, load_llm
+from recbole_genair.archetypes.prompt import PromptSpec, build_prompt, check_fields, read_item_file
+from recbole_genair.archetypes.store import ShardStore, atomic_write_text, make_shard
+from recbole_genair.paths import DATASET_DIR, dataset_properties
+
+logger = logging.getLogger(__name__)
+
+FEATURE_SUFFIX = "archetype"
+PREFILL_FIELD = "prefill_emb"
+DECODING_FIELD = "decoding_emb"
+
+
+class ArchetypeError(RuntimeError):
+    """The archetype step cannot finish; the message says why and what to run."""
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 2020
+    dtype: str = "float32"
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class ArchetypeJob:
+    dataset: str
+    llm: str = DEFAULT_LLM
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    batch_size: int = 16
+    pca: float = 0.95
+    device: str = "cpu"
+    workers: int = 1
+    threads: int = 1
+    dataset_dir: Path = DATASET_DIR
+    limit: Optional[int] = None   # only the first N items (smoke runs); final files are not written
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.dataset_dir) / self.dataset
+
+
+def prompt_spec_for(dataset: str) -> PromptSpec:
+    props = dataset_properties(dataset)
+    fields = props.get("archetype_fields")
+    if not fields:
+        raise ArchetypeError(
+            f"properties/dataset/{dataset}.yaml declares no `archetype_fields` (an ordered mapping "
+            f"`.item field: label`), so no archetype prompt can be built for {dataset}")
+    return PromptSpec(fields={str(k): str(v) for k, v in fields.items()},
+                      max_chars=int(props.get("archetype_max_chars", 300)))
+
+
+def load_prompts(job: ArchetypeJob, spec: PromptSpec) -> tuple[List[str], List[str]]:
+    path = job.data_dir / f"{job.dataset}.item"
+    names, rows = read_item_file(path)
+    check_fields(spec, names, path)
+    tokens = [r["item_id"] for r in rows]
+    if len(set(tokens)) != len(tokens):
+        raise ArchetypeError(f"{path}: duplicate item_id rows")
+    return tokens, [build_prompt(r, spec) for r in rows]
+
+
+def plan_batches(tokens: Sequence[str], prompt_ids: Sequence[Sequence[int]], batch_size: int) -> List[List[int]]:
+    """Batches of row indices, by prompt length then token, so padding stays small."""
+    order = sorted(range(len(tokens)), key=lambda i: (len(prompt_ids[i]), tokens[i]))
+    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+# --- worker side -------------------------------------------------------------------------
+_WORKER: dict = {}
+
+
+def _init_worker(llm: str, device: str, dtype: str, threads: int) -> None:
+    torch.set_num_threads(threads)
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    _WORKER["llm"] = load_llm(llm, device=device, dtype=dtype)
+
+
+def _extract(llm: LoadedLLM, prompt_ids, gen: GenerationSettings, seed: int):
+    generator = None
+    if gen.do_sample:
+        generator = torch.Generator(device=next(llm.model.parameters()).device).manual_seed(seed)
+    return generate_and_embed(llm.model, prompt_ids, max_new_tokens=gen.max_new_tokens,
+                              stop_ids=llm.stop_ids, pad_id=llm.pad_id, do_sample=gen.do_sample,
+                              temperature=gen.temperature, top_p=gen.top_p, generator=generator)
+
+
+def _run_batch(task) -> tuple[int, int, List[str]]:
+    """Extract one batch and commit it as a shard; failing items are retried one by one."""
+    store_root, settings, batch_no, tokens, prompt_ids, gen = task
+    llm: LoadedLLM = _WORKER["llm"]
+    store = ShardStore(store_root, settings)
+    seed = gen.seed + batch_no
+    rows, failed = [], {}
+    try:
+        res = _extract(llm, prompt_ids, gen, seed)
+        rows = list(range(len(tokens)))
+        results = [(res.prefill[i], res.decoding[i], res.generated[i], res.stopped[i]) for i in rows]
+    except (RuntimeError, ValueError) as exc:  # e.g. out of memory: fall back to one by one, loudly
+        logger.warning("batch %d failed (%s); retrying its %d items one by one", batch_no, exc, len(tokens))
+        results = []
+        for i, ids in enumerate(prompt_ids):
+            try:
+                one = _extract(llm, [ids], gen, seed * 1000 + i)
+                rows.append(i)
+                results.append((one.prefill[0], one.decoding[0], one.generated[0], one.stopped[0]))
+            except (RuntimeError, ValueError) as err:
+                failed[tokens[i]] = f"{type(err).__name__}: {err}"
+    keep_rows, keep = [], []
+    for i, r in zip(rows, results):
+        if not (torch.isfinite(r[0]).all() and torch.isfinite(r[1]).all()):
+            failed[tokens[i]] = "non-finite hidden states"
+        else:
+            keep_rows.append(i)
+            keep.append(r)
+    h = llm.hidden_size
+    shard = make_shard([tokens[i] for i in keep_rows],
+                       np.stack([k[0].numpy() for k in keep]) if keep else np.zeros((0, h), np.float32),
+                       np.stack([k[1].numpy() for k in keep]) if keep else np.zeros((0, h), np.float32),
+                       [len(prompt_ids[i]) for i in keep_rows], [k[2] for k in keep],
+                       [k[3] for k in keep], failed)
+    store.write(batch_no, shard)
+    return batch_no, len(keep_rows), list(failed)
+
+
+# --- driver -----------------------------------------------------------------------------
+def job_settings(job: ArchetypeJob, llm: LoadedLLM, spec: PromptSpec) -> dict:
+    template = getattr(llm.tokenizer, "chat_template", None)
+    return {"llm": llm.identity(), "prompt": spec.as_dict(),
+            "chat_template_crc": zlib.crc32(template.encode()) if template else None,
+            "generation": job.generation.as_dict(), "batch_size": job.batch_size}
+
+
+def run(job: ArchetypeJob) -> dict:
+    """Generate (resuming), then write texts, raw embeddings, features and co-occurrence."""
+    torch.set_num_threads(job.threads)
+    spec = prompt_spec_for(job.dataset)
+    tokens, prompts = load_prompts(job, spec)
+    if job.limit:
+        tokens, prompts = tokens[:job.limit], prompts[:job.limit]
+    logger.info("loading LLM %s", job.llm)
+    _init_worker(job.llm, job.device, job.generation.dtype, job.threads)
+    llm: LoadedLLM = _WORKER["llm"]
+    prompt_ids = encode_prompts(llm.tokenizer, prompts)
+    settings = job_settings(job, llm, spec)
+    cache_root = job.data_dir / "archetypes" / "cache"
+    store = ShardStore(cache_root, settings)
+    done = store.done_tokens()
+    batches = plan_batches(tokens, prompt_ids, job.batch_size)
+    tasks = []
+    for b, rows in enumerate(batches):
+        todo = [i for i in rows if tokens[i] not in done]
+        if todo:
+            tasks.append((cache_root, settings, b, [tokens[i] for i in todo],
+                          [prompt_ids[i] for i in todo], job.generation))
+    remaining = sum(len(t[3]) for t in tasks)
+    logger.info("cache %s: %d/%d items done, %d to go", store.dir, len(tokens) - remaining, len(tokens), remaining)
+    failed: List[str] = []
+    t0 = time.time()
+    with tqdm(total=len(tokens), initial=len(tokens) - remaining, desc=f"archetypes {job.dataset}",
+              unit="item", dynamic_ncols=True) as bar:
+        if job.workers <= 1 or len(tasks) <= 1:
+            for task in tasks:
+                _, n_ok, bad = _run_batch(task)
+                failed += bad
+                bar.update(n_ok + len(bad))
+        else:
+            ctx = mp.get_context("spawn")
+            with ctx.Pool(job.workers, initializer=_init_worker,
+                          initargs=(job.llm, job.device, job.generation.dtype, job.threads)) as pool:
+                for _, n_ok, bad in pool.imap_unordered(_run_batch, tasks):
+                    failed += bad
+                    bar.update(n_ok + len(bad))
+    elapsed = time.time() - t0
+    results, failures = store.collect()
+    missing = [t for t in tokens if t not in results]
+    if failures or missing:
+        raise ArchetypeError(
+            f"{len(missing)} item(s) have no archetype; failed ids (first 20): "
+            + ", ".join(f"{t} ({failures.get(t, 'not processed')})" for t in missing[:20])
+            + ". Re-run the same command to retry them.")
+    summary = {"items": len(tokens), "generated_now": remaining, "seconds": round(elapsed, 1),
+               "cache": str(store.dir)}
+    if job.limit:
+        logger.info("--limit given: final files are not written")
+        return summary
+    rows = [results[t] for t in tokens]
+    prefill = np.stack([r[0] for r in rows])
+    decoding = np.stack([r[1] for r in rows])
+    np.savez(store.dir / "raw.npz", item_id=np.array(tokens, dtype=str), prefill=prefill, decoding=decoding)
+    write_texts(job, tokens, rows, llm, settings)
+    summary.update(write_features(job, tokens, prefill, decoding, settings))
+    summary.update(write_cooccurrence(job))
+    return summary
+
+
+def texts_path(data_dir: Path, dataset: str) -> Path:
+    return data_dir / "archetypes" / f"{dataset}.archetypes.jsonl"
+
+
+def write_texts(job: ArchetypeJob, tokens, rows, llm: LoadedLLM, settings: dict) -> None:
+    lines = []
+    for token, (_, _, n_prompt, gen, stopped) in zip(tokens, rows):
+        text = llm.tokenizer.decode([g for g in gen if g not in llm.stop_ids], skip_special_tokens=True)
+        lines.append(json.dumps({"item_id": token, "archetype": text.strip(), "n_prompt": n_prompt,
+                                 "stopped": stopped, "generated_ids": gen}, ensure_ascii=False))
+    path = texts_path(job.data_dir, job.dataset)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    meta = {"dataset": job.dataset, "settings": settings, "items": len(tokens)}
+    atomic_write_text(path.with_name(f"{job.dataset}.archetypes.meta.json"),
+                      json.dumps(meta, indent=2, sort_keys=True, default=str))
+
+
+def reduce_pca(matrix: np.ndarray, pca: float, seed: int = 0) -> tuple[np.ndarray, dict]:
+    """PCA keeping ``pca`` of the variance (0 < pca < 1) or ``int(pca)`` components."""
+    from sklearn.decomposition import PCA
+
+    if 0 < pca < 1:
+        n = float(pca)
+    else:
+        n = int(pca)
+        if n < 1 or n > min(matrix.shape):
+            raise ArchetypeError(f"--pca={pca}: need 1 <= components <= {min(matrix.shape)}")
+    model = PCA(n_components=n, svd_solver="full", random_state=seed)
+    out = model.fit_transform(matrix.astype(np.float64)).astype(np.float32)
+    return out, {"components": int(model.n_components_),
+                 "explained_variance": float(model.explained_variance_ratio_.sum())}
+
+
+def feature_path(data_dir: Path, dataset: str) -> Path:
+    return data_dir / f"{dataset}.{FEATURE_SUFFIX}"
+
+
+def write_features(job: ArchetypeJob, tokens, prefill, decoding, settings) -> dict:
+    pre, pre_info = reduce_pca(prefill, job.pca)
+    dec, dec_info = reduce_pca(decoding, job.pca)
+    path = feature_path(job.data_dir, job.dataset)
+    lines = [f"item_id:token\t{PREFILL_FIELD}:float_seq\t{DECODING_FIELD}:float_seq"]
+    for token, p, d in zip(tokens, pre, dec):
+        lines.append(token + "\t" + " ".join(f"{v:.6g}" for v in p) + "\t" + " ".join(f"{v:.6g}" for v in d))
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    info = {"features": str(path), "pca": job.pca, "prefill_dims": pre_info, "decoding_dims": dec_info}
+    meta_path = texts_path(job.data_dir, job.dataset).with_name(f"{job.dataset}.archetypes.meta.json")
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"settings": settings}
+    meta["features"] = info
+    atomic_write_text(meta_path, json.dumps(meta, indent=2, sort_keys=True, default=str))
+    return info
+
+
+def write_cooccurrence(job: ArchetypeJob) -> dict:
+    """Co-occurrence of items in users' training sequences (last two items held out)."""
+    from recbole_genair.data.cooccurrence import cooccurrence_counts, save_cooccurrence
+    from recbole_genair.data.atomic import read_inter_columns
+
+    users, items, times, item_tokens = read_inter_columns(job.data_dir / f"{job.dataset}.inter")
+    counts = cooccurrence_counts(users, items, times, n_items=len(item_tokens), holdout=2)
+    path = job.data_dir / f"{job.dataset}.cooc.npz"
+    save_cooccurrence(path, counts, item_tokens)
+    return {"cooccurrence": str(path), "pairs": int(counts.nnz // 2)}
+
+
+def rebuild_from_texts(job: ArchetypeJob) -> dict:
+    """Recompute both embeddings from the committed generated ids (teacher forcing), then PCA."""
+    spec = prompt_spec_for(job.dataset)
+    tokens, prompts = load_prompts(job, spec)
+    path = texts_path(job.data_dir, job.dataset)
+    if not path.is_file():
+        raise ArchetypeError(f"{path} not found: generate first with "
+                             f"`python -m recbole_genair.archetypes --dataset={job.dataset}`")
+    records: Dict[str, dict] = {}
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ArchetypeError(f"{path}:{lineno}: {exc}") from exc
+            records[rec["item_id"]] = rec
+    missing = [t for t in tokens if t not in records]
+    if missing:
+        raise ArchetypeError(f"{path}: no archetype for {len(missing)} items, e.g. {missing[:10]}")
+    torch.set_num_threads(job.threads)
+    _init_worker(job.llm, job.device, job.generation.dtype, job.threads)
+    llm: LoadedLLM = _WORKER["llm"]
+    prompt_ids = encode_prompts(llm.tokenizer, prompts)
+    for t, ids in zip(tokens, prompt_ids):
+        if len(ids) != records[t]["n_prompt"]:
+            raise ArchetypeError(f"item {t}: prompt has {len(ids)} tokens, the texts file recorded "
+                                 f"{records[t]['n_prompt']}: different LLM, prompt or item file")
+    settings = job_settings(job, llm, spec)
+    pre = np.zeros((len(tokens), llm.hidden_size), np.float32)
+    dec = np.zeros_like(pre)
+    for rows in tqdm(plan_batches(tokens, prompt_ids, job.batch_size), desc="teacher-forced", unit="batch"):
+        p, d = teacher_forced(llm.model, [prompt_ids[i] for i in rows],
+                              [records[tokens[i]]["generated_ids"] for i in rows], llm.pad_id)
+        pre[rows], dec[rows] = p.numpy(), d.numpy()
+    info = write_features(job, tokens, pre, dec, settings)
+    info.update(write_cooccurrence(job))
+    return info

@@ -1,0 +1,109 @@
+"""The archetype prompt (GenAIR paper, Table 1) and the reader of RecBole ``.item`` files.
+
+The prompt is::
+
+    You are a helpful recommendation expert. Based on the following attributes, identify
+    the types of users this item would appeal to: The item name is <..>. The item brand
+    is <..>. ... What potential users align best with this item?
+
+Which ``.item`` field fills which phrase is declared per data set in
+``properties/dataset/<NAME>.yaml`` under ``archetype_fields`` (an ordered mapping
+``field: label``), so a new data set needs only YAML.  Absent values are left out and
+long values are truncated to ``archetype_max_chars`` characters.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional
+
+PROMPT_HEAD = (
+    "You are a helpful recommendation expert. Based on the following attributes, "
+    "identify the types of users this item would appeal to:"
+)
+PROMPT_TAIL = "What potential users align best with this item?"
+PHRASE = "The item {label} is {value}."
+
+_MISSING = {"", "nan", "none", "null", "[]", "{}"}
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """How to turn an item row into the paper's prompt."""
+
+    fields: Dict[str, str]  # .item field -> label in "The item <label> is <value>."
+    max_chars: int = 300
+    head: str = PROMPT_HEAD
+    tail: str = PROMPT_TAIL
+    extra: Dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"fields": dict(self.fields), "max_chars": self.max_chars,
+                "head": self.head, "tail": self.tail, "phrase": PHRASE}
+
+
+def clean_value(raw: str, max_chars: int) -> Optional[str]:
+    """Normalise one field value; ``None`` when the value is absent."""
+    if raw is None:
+        return None
+    value = str(raw).strip()
+    # token_seq values written from Python lists look like "'Beauty', 'Makeup'"
+    value = re.sub(r"(^|,\s*)'([^']*)'", lambda m: (m.group(1) or "") + m.group(2), value)
+    value = re.sub(r"\s+", " ", value).strip().strip(",").strip()
+    if value.lower() in _MISSING:
+        return None
+    if re.fullmatch(r"-?\d+\.0+", value):  # float columns holding whole numbers
+        value = value.split(".")[0]
+    if max_chars and len(value) > max_chars:
+        cut = value[:max_chars]
+        space = cut.rfind(" ")
+        value = (cut[:space] if space > max_chars // 2 else cut).rstrip(" ,.;") + "..."
+    return value
+
+
+def build_prompt(row: Mapping[str, str], spec: PromptSpec) -> str:
+    """The paper's prompt for one item; fields with absent values are left out."""
+    phrases: List[str] = []
+    for fname, label in spec.fields.items():
+        value = clean_value(row.get(fname), spec.max_chars)
+        if value is not None:
+            phrases.append(PHRASE.format(label=label, value=value.rstrip(".")))
+    return " ".join([spec.head] + phrases + [spec.tail])
+
+
+class ItemFileError(ValueError):
+    """A RecBole ``.item`` file that cannot be read; the message names file and line."""
+
+
+def read_item_file(path: Path) -> tuple[list[str], list[dict]]:
+    """Read a RecBole atomic ``.item`` file as raw strings.
+
+    Returns ``(field_names, rows)`` where each row maps the bare field name (without
+    ``:type``) to its raw string.  ``item_id`` must be present.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ItemFileError(f"{path}: no such item file (run `python -m recbole_genair.datasets "
+                            f"{path.parent.name}` first)")
+    with open(path, encoding="utf-8") as fh:
+        header = fh.readline().rstrip("\n").split("\t")
+        names = [h.split(":")[0] for h in header]
+        if "item_id" not in names:
+            raise ItemFileError(f"{path}:1: header has no item_id field: {header}")
+        rows = []
+        for lineno, line in enumerate(fh, start=2):
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) != len(names):
+                raise ItemFileError(
+                    f"{path}:{lineno}: expected {len(names)} tab-separated values, got {len(parts)}")
+            rows.append(dict(zip(names, parts)))
+    return names, rows
+
+
+def check_fields(spec: PromptSpec, names: List[str], path: Path) -> None:
+    """Fail early when the YAML names a field the ``.item`` file does not have."""
+    unknown = [f for f in spec.fields if f not in names]
+    if unknown:
+        raise ItemFileError(
+            f"{path}: archetype_fields names unknown field(s) {unknown}; the file has {names}")

@@ -1,0 +1,124 @@
+"""A resumable, crash-safe store of per-batch extraction results.
+
+Every finished batch is written as one ``.npz`` shard through a temporary file and
+``os.replace``, so a killed run (even ``kill -9``) loses at most the batch in flight and a
+re-run continues where it stopped.  The store directory is keyed by a hash of everything
+that changes the outputs (model, prompt, generation settings), so results made with other
+settings are never mixed in.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional
+
+import numpy as np
+
+
+def settings_key(settings: dict) -> str:
+    blob = json.dumps(settings, sort_keys=True, default=str).encode()
+    return hashlib.sha1(blob).hexdigest()[:12]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@dataclass
+class Shard:
+    tokens: np.ndarray        # [b] item tokens (str)
+    prefill: np.ndarray       # [b, H] float32
+    decoding: np.ndarray      # [b, H] float32
+    n_prompt: np.ndarray      # [b] int32
+    gen_flat: np.ndarray      # concatenated generated ids, int32
+    gen_offsets: np.ndarray   # [b+1] int64
+    stopped: np.ndarray       # [b] bool
+    failed: np.ndarray        # [f] item tokens whose extraction failed
+    errors: np.ndarray        # [f] error messages
+
+    def generated(self, row: int) -> List[int]:
+        return self.gen_flat[self.gen_offsets[row]:self.gen_offsets[row + 1]].tolist()
+
+
+class ShardStore:
+    """``<root>/<key>/meta.json`` plus ``batch_<b>.npz`` shards."""
+
+    def __init__(self, root: Path, settings: dict):
+        self.settings = settings
+        self.key = settings_key(settings)
+        self.dir = Path(root) / self.key
+        self.dir.mkdir(parents=True, exist_ok=True)
+        meta = self.dir / "meta.json"
+        if meta.is_file():
+            stored = json.loads(meta.read_text())
+            if settings_key(stored["settings"]) != self.key:
+                raise RuntimeError(f"{meta}: settings do not match the cache key {self.key}")
+        else:
+            atomic_write_text(meta, json.dumps({"key": self.key, "settings": settings}, indent=2,
+                                               sort_keys=True, default=str))
+
+    def shard_path(self, batch: int) -> Path:
+        return self.dir / f"batch_{batch:06d}.npz"
+
+    def write(self, batch: int, shard: Shard) -> Path:
+        path = self.shard_path(batch)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **{k: getattr(shard, k) for k in Shard.__dataclass_fields__})
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        return path
+
+    def shards(self) -> Iterable[Shard]:
+        for path in sorted(self.dir.glob("batch_*.npz")):
+            with np.load(path, allow_pickle=False) as data:
+                yield Shard(**{k: data[k] for k in Shard.__dataclass_fields__})
+
+    def done_tokens(self) -> set:
+        done = set()
+        for shard in self.shards():
+            done.update(shard.tokens.tolist())
+        return done
+
+    def collect(self) -> tuple[Dict[str, tuple], Dict[str, str]]:
+        """``(results, failures)``: token -> (prefill, decoding, n_prompt, generated, stopped)."""
+        results: Dict[str, tuple] = {}
+        failures: Dict[str, str] = {}
+        for shard in self.shards():
+            for row, token in enumerate(shard.tokens.tolist()):
+                results[token] = (shard.prefill[row], shard.decoding[row], int(shard.n_prompt[row]),
+                                  shard.generated(row), bool(shard.stopped[row]))
+            for token, err in zip(shard.failed.tolist(), shard.errors.tolist()):
+                if token not in results:
+                    failures[token] = err
+        for token in results:
+            failures.pop(token, None)
+        return results, failures
+
+
+def make_shard(tokens: List[str], prefill: np.ndarray, decoding: np.ndarray, n_prompt: List[int],
+               generated: List[List[int]], stopped: List[bool],
+               failed: Optional[Dict[str, str]] = None) -> Shard:
+    lengths = [len(g) for g in generated]
+    offsets = np.zeros(len(generated) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum(lengths)
+    flat = np.array([t for g in generated for t in g], dtype=np.int32)
+    failed = failed or {}
+    return Shard(tokens=np.array(tokens, dtype=str), prefill=prefill.astype(np.float32),
+                 decoding=decoding.astype(np.float32), n_prompt=np.array(n_prompt, dtype=np.int32),
+                 gen_flat=flat, gen_offsets=offsets, stopped=np.array(stopped, dtype=bool),
+                 failed=np.array(list(failed.keys()), dtype=str),
+                 errors=np.array(list(failed.values()), dtype=str))

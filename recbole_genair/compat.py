@@ -1,0 +1,66 @@
+"""Every shim RecBole 1.2.1 needs on today's torch / numpy / Ray, in one place.
+
+The dependency set is pinned in ``setup.py`` (numpy<2, pandas<3, ray[tune]==2.6.3,
+setuptools<81, pyarrow<20) so RecBole itself runs unmodified; what remains is:
+
+* **torch >= 2.6 ``weights_only``**: RecBole checkpoints pickle the whole ``Config`` (and
+  ``Interaction`` objects), so ``torch.load`` with the new default refuses them.  Our trainer
+  and ``load_data_and_model`` load them through :func:`load_checkpoint`, which opts out of
+  ``weights_only`` explicitly — only for checkpoint files this package wrote itself.
+* **RecBole's Ray objective** (``recbole.quick_start.objective_function``) reports *test*
+  metrics and calls ``tune.report`` in a form newer Ray rejects; the package's own
+  trainable in :mod:`recbole_genair.tune` replaces it (validation metrics per epoch).
+* **``get_model`` import side effects**: RecBole's lookup walks ``exlib_recommender``, which
+  imports lightgbm/xgboost; :func:`recbole_builtin_model` looks only in the submodules that
+  hold RecBole's PyTorch models.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+RECBOLE_MODEL_SUBMODULES = ("sequential_recommender", "general_recommender",
+                            "context_aware_recommender", "knowledge_aware_recommender")
+
+
+def load_checkpoint(path, map_location: Optional[str | torch.device] = "cpu") -> dict:
+    """Load a RecBole checkpoint (a pickled dict with the Config); trusted local files only."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def recbole_builtin_model(name: str):
+    """RecBole's model class ``name`` or ``None`` (no lightgbm/xgboost imports)."""
+    for submodule in RECBOLE_MODEL_SUBMODULES:
+        module_path = f"recbole.model.{submodule}.{name.lower()}"
+        if importlib.util.find_spec(module_path) is not None:
+            module = importlib.import_module(module_path)
+            return getattr(module, name, None)
+    return None
+
+
+@contextlib.contextmanager
+def trusted_checkpoints():
+    """Within the block, ``torch.load`` reads RecBole checkpoints (``weights_only=False``).
+
+    RecBole's trainer calls ``torch.load`` itself (``evaluate``, ``resume_checkpoint``); this
+    restores the pre-2.6 behaviour for exactly those calls on files this package wrote.
+    """
+    original = torch.load
+
+    def _load(f, map_location=None, **kwargs):
+        kwargs.setdefault("weights_only", False)
+        return original(f, map_location=map_location, **kwargs)
+
+    torch.load = _load
+    try:
+        yield
+    finally:
+        torch.load = original

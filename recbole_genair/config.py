@@ -1,0 +1,82 @@
+"""The plugin's ``Config``: RecBole's configurator with this package's YAML layers.
+
+Layers, lowest priority first:
+
+1. RecBole's own defaults: ``overall.yaml``, its quick-start layer for sequential models,
+   and the model YAML of every RecBole class the model inherits from (so a plugin
+   subclass of SASRec keeps SASRec's ``n_layers``, and of BERT4Rec its ``transform``);
+2. ``properties/overall.yaml`` — the paper's protocol and defaults;
+3. ``properties/model/<Backbone>.yaml`` — per-backbone defaults (paper sizes);
+4. ``properties/method/<method>.yaml`` — per-method defaults (GenAIR, baselines);
+5. ``properties/dataset/<Dataset>.yaml`` — fields, lengths, prompt field map;
+6. the user's ``config_file_list``, ``config_dict`` and ``--key=value`` command line
+   (RecBole's own order: command line > dict > files).
+
+Data sets converted into the project's ``dataset/`` folder are read from there, also for
+``ml-100k`` (which RecBole would otherwise force to its bundled copy).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from recbole.config import Config as RecBoleConfig
+from recbole.model.abstract_recommender import AbstractRecommender
+
+from recbole_genair.paths import DATASET_DIR, PROPERTIES_DIR
+from recbole_genair.registry import get_model, split_model_name
+
+RECBOLE_PROPERTIES = Path(os.path.dirname(os.path.realpath(
+    __import__("recbole.config.configurator", fromlist=["x"]).__file__))).parent / "properties"
+
+
+def recbole_ancestors(model_class) -> list:
+    """RecBole model classes ``model_class`` derives from, most generic first."""
+    out = []
+    for klass in reversed(model_class.__mro__):
+        if (isinstance(klass, type) and issubclass(klass, AbstractRecommender)
+                and klass.__module__.startswith("recbole.model.")
+                and (RECBOLE_PROPERTIES / "model" / f"{klass.__name__}.yaml").is_file()):
+            out.append(klass)
+    return out
+
+
+def plugin_layers(model_class, dataset: str) -> list[Path]:
+    backbone, method = split_model_name(model_class)
+    return [p for p in (PROPERTIES_DIR / "overall.yaml",
+                        PROPERTIES_DIR / "model" / f"{backbone}.yaml",
+                        PROPERTIES_DIR / "method" / f"{method}.yaml",
+                        PROPERTIES_DIR / "dataset" / f"{dataset}.yaml") if p.is_file()]
+
+
+class Config(RecBoleConfig):
+    """RecBole ``Config`` that knows this package's models, YAML layers and data folder."""
+
+    def _get_model_and_dataset(self, model, dataset):
+        if model is None:
+            model = self.external_config_dict.get("model")
+            if model is None:
+                raise KeyError("model must be given (argument, config file, config dict or --model=)")
+        if isinstance(model, str):
+            model = get_model(model)
+        return super()._get_model_and_dataset(model, dataset)
+
+    def _load_internal_config_dict(self, model, model_class, dataset):
+        super()._load_internal_config_dict(model, model_class, dataset)
+        for klass in recbole_ancestors(model_class):
+            if klass.__name__ != model:
+                self._update_internal_config_dict(RECBOLE_PROPERTIES / "model" / f"{klass.__name__}.yaml")
+        for path in plugin_layers(model_class, dataset):
+            config_dict = self._update_internal_config_dict(path)
+            if path.parent.name == "dataset" and config_dict:
+                self.parameters["Dataset"] += [k for k in config_dict if k not in self.parameters["Dataset"]]
+        backbone, method = split_model_name(model_class)
+        self.internal_config_dict.update({"backbone": backbone, "method": method})
+
+    def _set_default_parameters(self):
+        super()._set_default_parameters()
+        user_path = self.external_config_dict.get("data_path")
+        if user_path is not None:
+            self.final_config_dict["data_path"] = os.path.join(user_path, self.dataset)
+        elif (DATASET_DIR / self.dataset).is_dir():
+            self.final_config_dict["data_path"] = str(DATASET_DIR / self.dataset)

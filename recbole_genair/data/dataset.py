@@ -1,0 +1,53 @@
+"""``ArchetypeDataset``: RecBole's ``SequentialDataset`` plus frozen archetype features.
+
+Like UniSRec's text-feature data set, it reads the feature file after RecBole has built its
+id maps and aligns it by item token (:mod:`recbole_genair.data.features`).  It also counts
+item co-occurrence in the users' *training* sequences (the last two interactions of each
+user, the leave-one-out valid and test items, are held out), in internal ids.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from recbole.data.dataset import SequentialDataset
+
+from recbole_genair.data.cooccurrence import cooccurrence_counts
+from recbole_genair.data.features import FeatureFileError, align_by_token, read_feature_file
+
+FEATURE_FIELDS = {"prefill": "prefill_emb", "decoding": "decoding_emb"}
+
+
+def default_feature_file(config) -> Path:
+    return Path(config["data_path"]) / f"{config['dataset']}.archetype"
+
+
+class ArchetypeDataset(SequentialDataset):
+    """Sequential data set carrying ``item_features`` ``{name: FloatTensor[item_num, d]}``."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.item_features = self._load_item_features(config)
+        self.item_cooccurrence = self._training_cooccurrence()
+
+    def _load_item_features(self, config) -> dict:
+        names = list(config["genair_features"] or [])
+        unknown = [n for n in names if n not in FEATURE_FIELDS]
+        if not names or unknown:
+            raise ValueError(f"genair_features must be a non-empty subset of {list(FEATURE_FIELDS)}, got {names}")
+        path = Path(config["archetype_feature_file"] or default_feature_file(config))
+        if not path.is_file():
+            raise FeatureFileError(
+                f"{path}: archetype features not found; make them with "
+                f"`python -m recbole_genair.archetypes --dataset={config['dataset']}`")
+        tokens, columns = read_feature_file(path, [FEATURE_FIELDS[n] for n in names])
+        id2token = self.field2id_token[self.iid_field]
+        return {n: torch.from_numpy(align_by_token(tokens, columns[FEATURE_FIELDS[n]], id2token, str(path)))
+                for n in names}
+
+    def _training_cooccurrence(self):
+        feat = self.inter_feat
+        time = feat[self.time_field].numpy() if self.time_field in feat else np.arange(len(feat))
+        return cooccurrence_counts(feat[self.uid_field].numpy(), feat[self.iid_field].numpy(), time,
+                                   n_items=self.item_num, holdout=2)

@@ -1,0 +1,122 @@
+"""``ArchetypeItemEmbedding``: the GenAIR item table ``p_θ(E_i)`` (paper §3.1.2, Eq. 8).
+
+Frozen archetype features ``E`` (PCA-reduced prefill and decoding embeddings, concatenated)
+pass through a trainable MLP projector to the backbone's item width.  The module is a
+drop-in replacement for a backbone's ``nn.Embedding``: calling it looks rows up and
+``.weight`` is the whole projected table, so RecBole's SASRec, GRU4Rec and BERT4Rec run
+their own ``forward``/``calculate_loss``/``predict``/``full_sort_predict`` unchanged.
+
+* Row 0 (padding) is always the zero vector; ``n_extra`` trainable rows follow the items
+  (BERT4Rec's mask token).
+* Training: within :meth:`step` the table is projected once and shared by every use in
+  that step (sequence inputs and output scoring).
+* Inference costs nothing extra (paper §3.3.2): in eval mode the projected table is cached
+  and reused until the projector's parameters change (optimizer step, ``load_state_dict``)
+  or the module goes back to training mode.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Optional
+
+import torch
+from torch import nn
+
+
+def make_projector(in_dim: int, out_dim: int, layers: int = 2, width: Optional[int] = None,
+                   dropout: float = 0.0) -> nn.Sequential:
+    """Linear → LayerNorm → GELU → (Dropout) → ... → Linear, ``layers`` linear maps in all."""
+    if layers < 1:
+        raise ValueError(f"projector needs at least one layer, got {layers}")
+    width = width or 2 * out_dim
+    mods: list[nn.Module] = []
+    dim = in_dim
+    for _ in range(layers - 1):
+        mods += [nn.Linear(dim, width), nn.LayerNorm(width), nn.GELU()]
+        if dropout:
+            mods.append(nn.Dropout(dropout))
+        dim = width
+    mods.append(nn.Linear(dim, out_dim))
+    return nn.Sequential(*mods)
+
+
+class ArchetypeItemEmbedding(nn.Module):
+    """Frozen features → MLP projector, used like ``nn.Embedding``."""
+
+    def __init__(self, features: torch.Tensor, embedding_dim: int, n_extra: int = 0, layers: int = 2,
+                 width: Optional[int] = None, dropout: float = 0.0):
+        super().__init__()
+        if features.dim() != 2:
+            raise ValueError(f"features must be [n_items, d], got {tuple(features.shape)}")
+        self.num_items = features.shape[0]
+        self.embedding_dim = embedding_dim
+        self.n_extra = n_extra
+        self.register_buffer("features", features.float().clone(), persistent=False)
+        # persisted, so a checkpoint refuses to load against different features
+        self.register_buffer("feature_fingerprint", self._fingerprint(self.features))
+        self.projector = make_projector(features.shape[1], embedding_dim, layers, width, dropout)
+        self.extra = nn.Parameter(torch.randn(n_extra, embedding_dim) * 0.02) if n_extra else None
+        row_mask = torch.ones(self.num_items, 1)
+        row_mask[0] = 0.0
+        self.register_buffer("row_mask", row_mask, persistent=False)
+        self._step_table: Optional[torch.Tensor] = None
+        self._eval_table: Optional[torch.Tensor] = None
+        self._eval_key: Optional[tuple] = None
+
+    @staticmethod
+    def _fingerprint(features: torch.Tensor) -> torch.Tensor:
+        f = features.double()
+        return torch.tensor([f.shape[0], f.shape[1], f.sum().item(), f.abs().sum().item()], dtype=torch.float64)
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.num_items + self.n_extra
+
+    def project(self) -> torch.Tensor:
+        """The whole table, computed now: ``[num_items + n_extra, embedding_dim]``."""
+        table = self.projector(self.features) * self.row_mask
+        if self.extra is not None:
+            table = torch.cat([table, self.extra], dim=0)
+        return table
+
+    def _param_key(self) -> tuple:
+        return tuple((p.data_ptr(), p._version) for p in self.parameters())
+
+    @property
+    def weight(self) -> torch.Tensor:
+        if self._step_table is not None:
+            return self._step_table
+        if self.training or torch.is_grad_enabled():
+            return self.project()
+        key = self._param_key()
+        if self._eval_table is None or self._eval_key != key:
+            self._eval_table = self.project()
+            self._eval_key = key
+        return self._eval_table
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.weight[ids]
+
+    @contextlib.contextmanager
+    def step(self):
+        """Project the table once for one training step and share it inside the block."""
+        self._step_table = self.project()
+        try:
+            yield self._step_table
+        finally:
+            self._step_table = None
+
+    def train(self, mode: bool = True):
+        self._eval_table, self._eval_key = None, None
+        return super().train(mode)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        key = prefix + "feature_fingerprint"
+        if key in state_dict and not torch.allclose(state_dict[key].double(), self.feature_fingerprint.double(),
+                                                    rtol=1e-6, atol=1e-3):
+            error_msgs.append(f"{key}: the checkpoint was trained on other archetype features "
+                              f"({state_dict[key].tolist()} vs {self.feature_fingerprint.tolist()})")
+        self._eval_table, self._eval_key = None, None
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)

@@ -1,0 +1,111 @@
+"""The package's quick start: ``run`` one experiment, load a saved one.
+
+Mirrors ``recbole.quick_start.run_recbole`` with the plugin's ``Config``, model registry,
+data set class and trainer (fixed sampled negatives), so plain RecBole models and GenAIR
+models run under exactly the same protocol.
+"""
+from __future__ import annotations
+
+import logging
+from logging import getLogger
+from typing import Callable, Optional
+
+import torch
+from recbole.data import create_dataset as recbole_create_dataset
+from recbole.data import data_preparation
+from recbole.utils import get_environment, init_logger, init_seed, set_color
+
+from recbole_genair.compat import load_checkpoint
+from recbole_genair.config import Config
+from recbole_genair.paths import DATASET_DIR
+from recbole_genair.registry import UnknownChoiceError, model_class
+from recbole_genair.trainer import GenAIRTrainer, fixed_negatives
+
+
+def available_datasets() -> list[str]:
+    return sorted(p.name for p in DATASET_DIR.iterdir() if p.is_dir() and (p / f"{p.name}.inter").is_file())
+
+
+def check_dataset(name: str, config_dict: Optional[dict]) -> None:
+    """A one-line error for a data set that has not been prepared."""
+    if config_dict and config_dict.get("data_path"):
+        return
+    if not (DATASET_DIR / name / f"{name}.inter").is_file():
+        known = ", ".join(available_datasets()) or "none yet"
+        raise UnknownChoiceError(
+            f"unknown dataset {name!r} (prepared: {known}); prepare it with "
+            f"`python -m recbole_genair.datasets {name}`")
+
+
+def create_dataset(config):
+    """The model's own data set class when it declares one (feature alignment), else RecBole's."""
+    klass = getattr(config.model_class, "dataset_class", None)
+    return klass(config) if klass is not None else recbole_create_dataset(config)
+
+
+def build_config(model: str = "SASRec", dataset: str = "ml-100k", method: str = "base",
+                 config_file_list=None, config_dict=None) -> Config:
+    klass = model_class(model, method)
+    check_dataset(dataset, config_dict)
+    return Config(model=klass, dataset=dataset,
+                  config_file_list=config_file_list, config_dict=config_dict)
+
+
+def prepare(config: Config):
+    """Seeded data set, loaders, model and trainer for ``config``."""
+    init_seed(config["seed"], config["reproducibility"])
+    if config["torch_threads"] and config["device"].type == "cpu":
+        torch.set_num_threads(int(config["torch_threads"]))
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = config.model_class(config, train_data._dataset).to(config["device"])
+    trainer = GenAIRTrainer(config, model)
+    if config["eval_negatives"]:
+        trainer.set_negatives(fixed_negatives(dataset, int(config["eval_negatives"]),
+                                              int(config["eval_negatives_seed"])))
+    return dataset, (train_data, valid_data, test_data), model, trainer
+
+
+def run(model: str = "SASRec", dataset: str = "ml-100k", method: str = "base", config_file_list=None,
+        config_dict=None, saved: bool = True, callback: Optional[Callable] = None) -> dict:
+    """Train with early stopping on valid NDCG@10, then evaluate the best model on test."""
+    config = build_config(model, dataset, method, config_file_list, config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(config)
+    data, (train_data, valid_data, test_data), net, trainer = prepare(config)
+    logger.info(data)
+    logger.info(net)
+    protocol = (f"{config['eval_negatives']} fixed sampled negatives per user" if config["eval_negatives"]
+                else "full ranking")
+    logger.info(set_color("evaluation protocol", "green") + f": {protocol}")
+    best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, saved=saved,
+                                                      show_progress=config["show_progress"],
+                                                      callback_fn=callback)
+    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    environment_tb = get_environment(config)
+    logger.info("The running environment of this training is as follows:\n" + environment_tb.draw())
+    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
+    logger.info(set_color("test result", "yellow") + f": {test_result}")
+    return {"model": model, "method": method, "dataset": dataset,
+            "best_valid_score": best_valid_score, "valid_score_bigger": config["valid_metric_bigger"],
+            "best_valid_result": dict(best_valid_result or {}), "test_result": dict(test_result or {}),
+            "saved_model_file": trainer.saved_model_file, "protocol": protocol}
+
+
+def load_data_and_model(model_file: str):
+    """RecBole's ``load_data_and_model`` for this package's checkpoints (torch>=2.6 safe)."""
+    checkpoint = load_checkpoint(model_file)
+    config = checkpoint["config"]
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logging.getLogger().setLevel(logging.WARNING)
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    init_seed(config["seed"], config["reproducibility"])
+    net = config.model_class(config, train_data._dataset).to(config["device"])
+    net.load_state_dict(checkpoint["state_dict"])
+    net.load_other_parameter(checkpoint.get("other_parameter"))
+    return config, net, dataset, train_data, valid_data, test_data

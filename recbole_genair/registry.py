@@ -1,0 +1,76 @@
+"""Which class implements ``--model`` (backbone) x ``--method`` (item representation).
+
+``base`` is RecBole's own model unchanged.  Every other method registers a factory that
+builds its subclass of the backbone; the runner never changes when a method is added.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Callable, Dict
+
+from recbole_genair.compat import recbole_builtin_model
+
+BACKBONES = ("SASRec", "GRU4Rec", "BERT4Rec")
+
+# method name -> module defining ``build(backbone_class) -> model class``
+METHOD_MODULES: Dict[str, str] = {
+    "base": "",
+    "genair": "recbole_genair.model.genair",
+}
+
+
+class UnknownChoiceError(ValueError):
+    """A model, method or data set name that does not exist; the message lists what does."""
+
+
+def methods() -> list[str]:
+    return list(METHOD_MODULES)
+
+
+def backbone_class(name: str):
+    if name not in BACKBONES:
+        raise UnknownChoiceError(f"unknown model {name!r}; choose one of: {', '.join(BACKBONES)}")
+    return recbole_builtin_model(name)
+
+
+_CACHE: Dict[tuple, type] = {}
+
+
+def model_class(backbone: str, method: str = "base"):
+    """The class for ``backbone`` under ``method`` (cached, so pickles find it by name)."""
+    if method not in METHOD_MODULES:
+        raise UnknownChoiceError(f"unknown method {method!r}; choose one of: {', '.join(METHOD_MODULES)}")
+    base = backbone_class(backbone)
+    if method == "base":
+        return base
+    key = (backbone, method)
+    if key not in _CACHE:
+        module = importlib.import_module(METHOD_MODULES[method])
+        _CACHE[key] = module.build(base)
+    return _CACHE[key]
+
+
+def plugin_models() -> Dict[str, type]:
+    """Every plugin class by name, e.g. ``GenAIRSASRec``."""
+    out = {}
+    for method in METHOD_MODULES:
+        if method == "base":
+            continue
+        for backbone in BACKBONES:
+            cls = model_class(backbone, method)
+            out[cls.__name__] = cls
+    return out
+
+
+def get_model(name: str):
+    """This package's models first, then RecBole's (RecBole's own ``get_model`` convention)."""
+    found = plugin_models().get(name) or recbole_builtin_model(name)
+    if found is None:
+        raise UnknownChoiceError(f"`model_name` [{name}] is not a recbole-genair or RecBole model; "
+                                 f"plugin models: {', '.join(sorted(plugin_models()))}")
+    return found
+
+
+def split_model_name(cls) -> tuple[str, str]:
+    """``(backbone, method)`` of a model class."""
+    return getattr(cls, "backbone", cls.__name__), getattr(cls, "method", "base")

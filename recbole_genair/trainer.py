@@ -1,0 +1,83 @@
+"""The paper's evaluation protocol on RecBole's trainer.
+
+GenAIR (like LLM-ESR) ranks each user's held-out item against **100 sampled negatives**.
+RecBole's ``uni100`` mode redraws negatives at every evaluation and scores candidates with
+``predict`` row by row (about 100x slower than full ranking).  Here the negatives are drawn
+**once per user** from ``eval_negatives_seed`` and the user token — uniformly among items
+the user never interacted with — and reused for validation, test, every epoch and every
+method.  Scoring reuses ``full_sort_predict`` and masks every non-candidate to ``-inf``, so
+the 101-candidate protocol costs the same as full ranking and RecBole's own metrics apply
+unchanged.  ``eval_negatives: 0`` switches to plain full ranking.
+"""
+from __future__ import annotations
+
+import zlib
+from typing import Optional
+
+import numpy as np
+import torch
+from recbole.trainer import Trainer
+
+from recbole_genair.compat import trusted_checkpoints
+
+
+def fixed_negatives(dataset, n_neg: int, seed: int) -> torch.Tensor:
+    """``[user_num, n_neg]`` internal item ids; row 0 (padding user) is unused.
+
+    Each user's draw depends only on ``seed`` and the user's *token*, so it is the same in
+    every run and for every method that loads the same data.
+    """
+    uid_field, iid_field = dataset.uid_field, dataset.iid_field
+    users = dataset.inter_feat[uid_field].numpy()
+    items = dataset.inter_feat[iid_field].numpy()
+    n_items = dataset.item_num
+    order = np.argsort(users, kind="stable")
+    users, items = users[order], items[order]
+    bounds = np.searchsorted(users, np.arange(dataset.user_num + 1))
+    tokens = dataset.field2id_token[uid_field]
+    out = np.zeros((dataset.user_num, n_neg), dtype=np.int64)
+    for uid in range(1, dataset.user_num):
+        seen = np.unique(items[bounds[uid]:bounds[uid + 1]])
+        n_free = n_items - 1 - len(seen)
+        if n_free < n_neg:
+            raise ValueError(f"user {tokens[uid]} has only {n_free} unseen items; cannot draw {n_neg} negatives")
+        rng = np.random.default_rng([seed, zlib.crc32(str(tokens[uid]).encode())])
+        picked = np.empty(0, dtype=np.int64)
+        while len(picked) < n_neg:  # rejection sampling; terminates since n_free >= n_neg
+            draw = rng.integers(1, n_items, size=2 * (n_neg + len(seen)))
+            draw = draw[~np.isin(draw, seen)]
+            picked = np.concatenate([picked, draw])
+            _, first = np.unique(picked, return_index=True)
+            picked = picked[np.sort(first)]
+        out[uid] = picked[:n_neg]
+    return torch.from_numpy(out)
+
+
+class GenAIRTrainer(Trainer):
+    """RecBole's ``Trainer`` with fixed sampled negatives and torch>=2.6 checkpoint loading."""
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        self.eval_negatives: Optional[torch.Tensor] = None
+
+    def set_negatives(self, negatives: Optional[torch.Tensor]) -> None:
+        self.eval_negatives = None if negatives is None else negatives.to(self.device)
+
+    def _full_sort_batch_eval(self, batched_data):
+        interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
+        if self.eval_negatives is not None:
+            users = interaction[self.config["USER_ID_FIELD"]].to(self.device)
+            keep = torch.zeros_like(scores, dtype=torch.bool)
+            keep.scatter_(1, self.eval_negatives[users], True)
+            keep[positive_u, positive_i] = True
+            scores = scores.masked_fill(~keep, -np.inf)
+        return interaction, scores, positive_u, positive_i
+
+    @torch.no_grad()
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        with trusted_checkpoints():
+            return super().evaluate(eval_data, load_best_model, model_file, show_progress)
+
+    def resume_checkpoint(self, resume_file):
+        with trusted_checkpoints():
+            super().resume_checkpoint(resume_file)

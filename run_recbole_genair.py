@@ -1,0 +1,53 @@
+"""recbole-genair command line.
+
+    python run_recbole_genair.py --model=SASRec --dataset=ml-100k [--method=genair]
+                                 [--config_files="a.yaml b.yaml"] [--key=value ...]
+    python run_recbole_genair.py --tune --model=SASRec --dataset=ml-100k [--method=genair]
+                                 [--search_space=FILE.yaml] [--num_samples=N]
+                                 [--max_concurrent=N] [--ray_address=ADDR]
+
+Any other ``--key=value`` is a RecBole setting and overrides the YAML layers, as in
+RecBole's own ``run_recbole.py``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from recbole_genair.registry import BACKBONES, UnknownChoiceError, methods
+
+
+def parse(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", "-m", default="SASRec", help=f"backbone: {', '.join(BACKBONES)}")
+    parser.add_argument("--dataset", "-d", default="ml-100k", help="a data set prepared under dataset/")
+    parser.add_argument("--method", default="genair", help=f"item representation: {', '.join(methods())}")
+    parser.add_argument("--config_files", default=None, help="space-separated YAML files")
+    parser.add_argument("--tune", action="store_true", help="Ray Tune hyperparameter search")
+    parser.add_argument("--search_space", default=None, help="YAML search space (default: properties/tune/<method>.yaml)")
+    parser.add_argument("--num_samples", type=int, default=None, help="trials (default: the grid's size)")
+    parser.add_argument("--max_concurrent", type=int, default=None, help="trials at once (default: fits the CPUs)")
+    parser.add_argument("--ray_address", default=None, help="address of a running Ray cluster")
+    return parser.parse_known_args(argv)
+
+
+def main(argv=None) -> int:
+    args, _recbole_overrides = parse(argv)  # RecBole reads its --key=value overrides from sys.argv
+    files = args.config_files.split() if args.config_files else None
+    try:
+        if args.tune:
+            from recbole_genair.tune import tune
+            tune(model=args.model, dataset=args.dataset, method=args.method, config_file_list=files,
+                 search_space=args.search_space, num_samples=args.num_samples,
+                 max_concurrent=args.max_concurrent, ray_address=args.ray_address)
+        else:
+            from recbole_genair.quick_start import run
+            run(model=args.model, dataset=args.dataset, method=args.method, config_file_list=files)
+    except UnknownChoiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
