@@ -109,9 +109,12 @@ _WORKER: dict = {}
 
 
 def _init_worker(llm: str, device: str, dtype: str, threads: int) -> None:
+    """Load the LLM once per process (kept for later jobs with the same model)."""
     torch.set_num_threads(threads)
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    _WORKER["llm"] = load_llm(llm, device=device, dtype=dtype)
+    if _WORKER.get("key") != (llm, device, dtype):
+        _WORKER["llm"] = load_llm(llm, device=device, dtype=dtype)
+        _WORKER["key"] = (llm, device, dtype)
 
 
 def _extract(llm: LoadedLLM, prompt_ids, gen: GenerationSettings, seed: int):

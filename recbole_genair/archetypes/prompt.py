@@ -24,6 +24,7 @@ PROMPT_HEAD = (
 )
 PROMPT_TAIL = "What potential users align best with this item?"
 PHRASE = "The item {label} is {value}."
+ELLIPSIS = "…"  # marks a truncated value
 
 _MISSING = {"", "nan", "none", "null", "[]", "{}"}
 
@@ -40,7 +41,7 @@ class PromptSpec:
 
     def as_dict(self) -> dict:
         return {"fields": dict(self.fields), "max_chars": self.max_chars,
-                "head": self.head, "tail": self.tail, "phrase": PHRASE}
+                "head": self.head, "tail": self.tail, "phrase": PHRASE, "truncation": ELLIPSIS}
 
 
 def clean_value(raw: str, max_chars: int) -> Optional[str]:
@@ -58,7 +59,7 @@ def clean_value(raw: str, max_chars: int) -> Optional[str]:
     if max_chars and len(value) > max_chars:
         cut = value[:max_chars]
         space = cut.rfind(" ")
-        value = (cut[:space] if space > max_chars // 2 else cut).rstrip(" ,.;") + "..."
+        value = (cut[:space] if space > max_chars // 2 else cut).rstrip(" ,.;") + ELLIPSIS
     return value
 
 

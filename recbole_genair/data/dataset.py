@@ -47,7 +47,7 @@ class ArchetypeDataset(SequentialDataset):
                 for n in names}
 
     def _training_cooccurrence(self):
-        feat = self.inter_feat
-        time = feat[self.time_field].numpy() if self.time_field in feat else np.arange(len(feat))
-        return cooccurrence_counts(feat[self.uid_field].numpy(), feat[self.iid_field].numpy(), time,
+        feat = self.inter_feat  # a DataFrame until RecBole's build(); np.asarray reads both forms
+        time = np.asarray(feat[self.time_field]) if self.time_field else np.arange(len(feat))
+        return cooccurrence_counts(np.asarray(feat[self.uid_field]), np.asarray(feat[self.iid_field]), time,
                                    n_items=self.item_num, holdout=2)

@@ -1,0 +1,204 @@
+"""Archetype step: prompt, one-pass pooling masks, resumable store, alignment by token."""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from recbole_genair.archetypes import pipeline
+from recbole_genair.archetypes.extract import generate_and_embed, teacher_forced
+from recbole_genair.archetypes.prompt import PromptSpec, build_prompt, read_item_file
+from recbole_genair.data.features import align_by_token, read_feature_file
+from recbole_genair.paths import DATASET_DIR
+
+HEAD = ("You are a helpful recommendation expert. Based on the following attributes, identify the types "
+        "of users this item would appeal to:")
+
+
+def test_prompt_follows_paper_template_and_yaml_field_map():
+    spec = pipeline.prompt_spec_for("Amazon_Beauty")
+    row = {"item_id": "B1", "title": "Rose Lip Balm", "brand": "", "categories": "'Beauty', 'Makeup', 'Lips'",
+           "price": "4.0", "sales_rank": "nan"}
+    prompt = build_prompt(row, spec)
+    assert prompt == (f"{HEAD} The item name is Rose Lip Balm. The item category is Beauty, Makeup, Lips. "
+                      "The item price is 4. What potential users align best with this item?")
+    movie = build_prompt({"movie_title": "Toy Story", "release_year": "1995", "class": "Animation Comedy"},
+                         pipeline.prompt_spec_for("ml-100k"))
+    assert "The item name is Toy Story. The item release year is 1995. The item genre is Animation Comedy." in movie
+
+
+def test_long_values_are_truncated():
+    spec = PromptSpec(fields={"description": "description"}, max_chars=40)
+    prompt = build_prompt({"description": "word " * 100}, spec)
+    value = prompt.split("The item description is ")[1].split(" What potential")[0]
+    assert len(value) <= 44 and value.endswith("….")
+
+
+def test_unknown_field_in_yaml_is_an_error(tmp_path):
+    spec = PromptSpec(fields={"title": "name", "nonexistent": "x"})
+    path = tmp_path / "x.item"
+    path.write_text("item_id:token\ttitle:token\n1\tA\n")
+    names, _ = read_item_file(path)
+    with pytest.raises(ValueError, match="nonexistent"):
+        pipeline.check_fields(spec, names, path)
+
+
+# --- pooling on a tiny random Llama ----------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_llama():
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    return LlamaForCausalLM(config).eval()
+
+
+def _prompts():
+    rng = random.Random(1)
+    return [[rng.randrange(3, 50) for _ in range(n)] for n in (5, 11, 8, 3)]
+
+
+def _reference(model, prompt, generated):
+    """Pooled states straight from one unpadded forward over prompt + generated ids."""
+    with torch.no_grad():
+        out = model(torch.tensor([prompt + generated]), output_hidden_states=True)
+    h = out.hidden_states[-1][0]
+    return h[:len(prompt)].mean(0), h[len(prompt):].mean(0)
+
+
+def test_batched_left_padded_equals_one_by_one_and_stops_at_eos(tiny_llama):
+    prompts = _prompts()
+    free = generate_and_embed(tiny_llama, [prompts[1]], max_new_tokens=6, stop_ids=[], pad_id=0)
+    stop = free.generated[0][2]  # a token row 1 emits at step 3: rows end at different steps
+    batch = generate_and_embed(tiny_llama, prompts, max_new_tokens=6, stop_ids=[stop], pad_id=0)
+    assert batch.stopped[1] and batch.generated[1][-1] == stop and len(batch.generated[1]) <= 3
+    lengths = {len(g) for g in batch.generated}
+    assert len(lengths) > 1, "fixture should make rows stop at different steps"
+    for row, prompt in enumerate(prompts):
+        one = generate_and_embed(tiny_llama, [prompt], max_new_tokens=6, stop_ids=[stop], pad_id=0)
+        assert one.generated[0] == batch.generated[row]
+        torch.testing.assert_close(one.prefill[0], batch.prefill[row], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(one.decoding[0], batch.decoding[row], atol=1e-5, rtol=1e-4)
+
+
+def test_decoding_mean_covers_generated_tokens_only(tiny_llama):
+    prompts = _prompts()
+    batch = generate_and_embed(tiny_llama, prompts, max_new_tokens=5, stop_ids=[7], pad_id=0)
+    for row, prompt in enumerate(prompts):
+        pre, dec = _reference(tiny_llama, prompt, batch.generated[row])
+        torch.testing.assert_close(batch.prefill[row], pre, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(batch.decoding[row], dec, atol=1e-5, rtol=1e-4)
+        # a mean that also covered prompt positions (the released code's bug) differs
+        with torch.no_grad():
+            h = tiny_llama(torch.tensor([prompt + batch.generated[row]]),
+                           output_hidden_states=True).hidden_states[-1][0]
+        assert not torch.allclose(h.mean(0), batch.decoding[row], atol=1e-3)
+
+
+def test_teacher_forced_rebuild_matches_one_pass(tiny_llama):
+    prompts = _prompts()
+    batch = generate_and_embed(tiny_llama, prompts, max_new_tokens=5, stop_ids=[7], pad_id=0)
+    pre, dec = teacher_forced(tiny_llama, prompts, batch.generated, pad_id=0)
+    torch.testing.assert_close(pre, batch.prefill, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(dec, batch.decoding, atol=1e-5, rtol=1e-4)
+
+
+# --- the pipeline on the offline default LLM -------------------------------------------
+N_ITEMS = 6
+
+
+def _small_dataset(root: Path, shuffle: bool = False) -> Path:
+    """ml-100k's first items (and their interactions) as a tiny data set under ``root``."""
+    src = DATASET_DIR / "ml-100k"
+    if not (src / "ml-100k.item").is_file():
+        from recbole_genair.data.converters import convert
+        convert("ml-100k", out_dir=root / "_conv", progress=False)
+        src = root / "_conv" / "ml-100k"
+    lines = (src / "ml-100k.item").read_text().splitlines()
+    body = lines[1:N_ITEMS + 1]
+    if shuffle:
+        body = list(reversed(body))
+    out = root / "ml-100k"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ml-100k.item").write_text("\n".join([lines[0]] + body) + "\n")
+    keep = {b.split("\t")[0] for b in body}
+    inter = (src / "ml-100k.inter").read_text().splitlines()
+    (out / "ml-100k.inter").write_text("\n".join([inter[0]] + [r for r in inter[1:] if r.split("\t")[1] in keep]) + "\n")
+    return root
+
+
+def _job(root: Path) -> pipeline.ArchetypeJob:
+    return pipeline.ArchetypeJob(dataset="ml-100k", batch_size=2, dataset_dir=root,
+                                 generation=pipeline.GenerationSettings(max_new_tokens=4), pca=2)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    pytest.importorskip("gguf")
+    root = _small_dataset(tmp_path_factory.mktemp("ref"))
+    pipeline.run(_job(root))
+    return root
+
+
+def test_pipeline_writes_texts_features_and_records_settings(reference_run):
+    data = reference_run / "ml-100k"
+    tokens, cols = read_feature_file(data / "ml-100k.archetype", ["prefill_emb", "decoding_emb"])
+    assert len(tokens) == N_ITEMS and cols["prefill_emb"].shape == (N_ITEMS, 2)
+    records = [json.loads(l) for l in (data / "archetypes" / "ml-100k.archetypes.jsonl").read_text().splitlines()]
+    assert [r["item_id"] for r in records] == tokens
+    assert all(1 <= len(r["generated_ids"]) <= 4 and r["archetype"] for r in records)
+    meta = json.loads((data / "archetypes" / "ml-100k.archetypes.meta.json").read_text())
+    assert meta["settings"]["generation"]["max_new_tokens"] == 4
+    assert meta["settings"]["llm"]["gguf_file"].endswith(".gguf")
+    assert "What potential users align best" in meta["settings"]["prompt"]["tail"]
+
+
+def test_interrupted_run_resumes_to_byte_identical_features(reference_run, tmp_path, monkeypatch):
+    root = _small_dataset(tmp_path)
+    real = pipeline._run_batch
+    calls = {"n": 0}
+
+    def crash_on_second(task):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated kill")
+        return real(task)
+
+    monkeypatch.setattr(pipeline, "_run_batch", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(_job(root))
+    assert not (root / "ml-100k" / "ml-100k.archetype").exists()
+    shards = list((root / "ml-100k" / "archetypes" / "cache").glob("*/batch_*.npz"))
+    assert len(shards) == 1  # the finished batch was committed
+    monkeypatch.setattr(pipeline, "_run_batch", real)
+    summary = pipeline.run(_job(root))
+    assert summary["generated_now"] == N_ITEMS - 2
+    assert ((root / "ml-100k" / "ml-100k.archetype").read_bytes()
+            == (reference_run / "ml-100k" / "ml-100k.archetype").read_bytes())
+
+
+def test_other_settings_never_mix_into_the_cache(reference_run):
+    job = _job(reference_run)
+    job.generation = pipeline.GenerationSettings(max_new_tokens=3)
+    summary = pipeline.run(job)
+    assert summary["generated_now"] == N_ITEMS  # new key, nothing reused
+    assert len(list((reference_run / "ml-100k" / "archetypes" / "cache").iterdir())) == 2
+    pipeline.run(_job(reference_run))  # restore the reference outputs for other tests
+
+
+def test_features_follow_item_tokens_not_rows(reference_run, tmp_path):
+    root = _small_dataset(tmp_path, shuffle=True)
+    shutil.copytree(reference_run / "ml-100k" / "archetypes", root / "ml-100k" / "archetypes")
+    pipeline.run(_job(root))  # all items cached: only PCA and writing happen
+    ref_tokens, ref = read_feature_file(reference_run / "ml-100k" / "ml-100k.archetype", ["decoding_emb"])
+    tokens, got = read_feature_file(root / "ml-100k" / "ml-100k.archetype", ["decoding_emb"])
+    assert tokens == list(reversed(ref_tokens))
+    id2token = ["[PAD]"] + sorted(ref_tokens)
+    a = align_by_token(ref_tokens, ref["decoding_emb"], id2token, "ref")
+    b = align_by_token(tokens, got["decoding_emb"], id2token, "shuffled")
+    np.testing.assert_allclose(np.abs(a), np.abs(b), atol=1e-4)  # PCA sign is arbitrary per axis
