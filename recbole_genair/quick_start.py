@@ -60,11 +60,16 @@ def prepare(config: Config):
     train_data, valid_data, test_data = data_preparation(config, dataset)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = config.model_class(config, train_data._dataset).to(config["device"])
+    return dataset, (train_data, valid_data, test_data), model, make_trainer(config, model, dataset)
+
+
+def make_trainer(config, model, dataset) -> GenAIRTrainer:
+    """The trainer, with the fixed negatives of the *full* data set (history excluded)."""
     trainer = GenAIRTrainer(config, model)
     if config["eval_negatives"]:
         trainer.set_negatives(fixed_negatives(dataset, int(config["eval_negatives"]),
                                               int(config["eval_negatives_seed"])))
-    return dataset, (train_data, valid_data, test_data), model, trainer
+    return trainer
 
 
 def run(model: str = "SASRec", dataset: str = "ml-100k", method: str = "base", config_file_list=None,

@@ -1,0 +1,136 @@
+"""GenAIR models: feature alignment, the embedding layer, the cache, calibration, ablations."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from recbole_genair.data.cooccurrence import normalized_scores
+from recbole_genair.data.features import FeatureFileError, read_feature_file
+from recbole_genair.quick_start import build_config, load_data_and_model, make_trainer, prepare, run
+
+
+def _prepare(fast_config, backbone="SASRec", **overrides):
+    config = build_config(backbone, "ml-100k", "genair", config_dict=dict(fast_config, **overrides))
+    return prepare(config)
+
+
+def test_features_land_on_the_right_item_ids(fast_config, data_root):
+    dataset, _, model, _ = _prepare(fast_config)
+    tokens, cols = read_feature_file(data_root / "ml-100k" / "ml-100k.archetype", ["prefill_emb", "decoding_emb"])
+    by_token = {t: np.concatenate([cols["prefill_emb"][i], cols["decoding_emb"][i]]) for i, t in enumerate(tokens)}
+    id2token = dataset.field2id_token["item_id"]
+    feats = model.item_embedding.features.numpy()
+    assert np.all(feats[0] == 0)  # padding
+    for item_id in (1, 2, 100, dataset.item_num - 1):
+        np.testing.assert_array_equal(feats[item_id], by_token[id2token[item_id]])
+    # the test copy keeps each user's last 20 items, so the file has rows for unused items
+    assert len(tokens) > dataset.item_num - 1
+
+
+def test_missing_feature_rows_are_an_error_not_zeros(fast_config, tmp_path, data_root):
+    lines = (data_root / "ml-100k" / "ml-100k.archetype").read_text().splitlines()
+    short = tmp_path / "short.archetype"
+    short.write_text("\n".join(lines[:-30]) + "\n")
+    with pytest.raises(FeatureFileError, match="no feature row"):
+        _prepare(fast_config, archetype_feature_file=str(short))
+
+
+@pytest.mark.parametrize("features,width", [(["prefill", "decoding"], None), (["prefill"], "prefill_emb"),
+                                            (["decoding"], "decoding_emb")])
+def test_ablation_switches_select_feature_halves(fast_config, data_root, features, width):
+    _, _, model, _ = _prepare(fast_config, genair_features=features)
+    _, cols = read_feature_file(data_root / "ml-100k" / "ml-100k.archetype", ["prefill_emb", "decoding_emb"])
+    expected = cols[width].shape[1] if width else cols["prefill_emb"].shape[1] + cols["decoding_emb"].shape[1]
+    assert model.item_embedding.projector[0].in_features == expected
+
+
+def test_table_replaces_id_embedding_and_keeps_padding_and_mask_token(fast_config):
+    _, _, model, _ = _prepare(fast_config, backbone="BERT4Rec")
+    table = model.item_embedding.weight
+    assert table.shape == (model.n_items + 1, 32)  # items + BERT4Rec's mask token
+    assert torch.all(table[0] == 0)
+    assert model.item_embedding.extra.requires_grad
+    assert not any(p is model.item_embedding.features for p in model.parameters())  # frozen
+
+
+def test_eval_cache_matches_uncached_scores_and_is_rebuilt_after_a_step(fast_config):
+    _, (train, valid, _), model, trainer = _prepare(fast_config)
+    batch = next(iter(valid))[0]
+    model.eval()
+    with torch.no_grad():
+        first = model.full_sort_predict(batch)
+        cached = model.item_embedding.weight
+        assert model.item_embedding.weight is cached  # no recomputation while nothing changed
+        torch.testing.assert_close(cached, model.item_embedding.project())
+        torch.testing.assert_close(model.full_sort_predict(batch), first)
+    # an optimizer step changes the projector even if the model stays in eval mode
+    loss = model.calculate_loss(next(iter(train)))
+    trainer.optimizer.zero_grad()
+    loss.backward()
+    trainer.optimizer.step()
+    with torch.no_grad():
+        after = model.full_sort_predict(batch)
+        assert model.item_embedding.weight is not cached
+        torch.testing.assert_close(model.item_embedding.weight, model.item_embedding.project())
+    assert not torch.allclose(after, first)
+
+
+def test_loss_is_rank_loss_plus_alpha_times_calibration(fast_config):
+    dataset, (train, _, _), model, _ = _prepare(fast_config, calibration_alpha=0.1, calibration_gamma=2.0)
+    interaction = next(iter(train))
+    model.train()
+    torch.manual_seed(0)
+    total = model.calculate_loss(interaction)
+    model.calibration_alpha, calibration = 0.0, model.calibration
+    model.calibration = None
+    torch.manual_seed(0)
+    rank = model.calculate_loss(interaction)
+    # the paper's formula, evaluated directly on the batch's distinct target items
+    items = torch.unique(interaction["item_id"])
+    with torch.no_grad():
+        e = torch.nn.functional.normalize(model.item_embedding.project()[items], dim=-1)
+    s = normalized_scores(dataset.item_cooccurrence)
+    ids = items.tolist()
+    total_pairs, acc = 0, 0.0
+    for a in range(len(ids)):
+        for b in range(len(ids)):
+            if a != b:
+                w = math.exp(-2.0 * s[ids[a], ids[b]])
+                acc += w * math.exp(-2.0 * float(((e[a] - e[b]) ** 2).sum()))
+                total_pairs += 1
+    assert calibration is not None
+    torch.testing.assert_close(total - rank, torch.tensor(0.1 * acc / total_pairs), atol=1e-5, rtol=1e-4)
+
+
+def test_without_calibration_builds_no_loss(fast_config):
+    _, _, model, _ = _prepare(fast_config, calibration_alpha=0)
+    assert model.calibration is None
+
+
+@pytest.mark.parametrize("backbone", ["SASRec", "GRU4Rec", "BERT4Rec"])
+def test_short_genair_run_learns_and_checkpoint_reloads(backbone, fast_config):
+    result = run(backbone, "ml-100k", "genair", config_dict=dict(fast_config, epochs=2))
+    assert result["best_valid_result"]["ndcg@10"] > 0.12, result  # random ranker: ~0.045
+    config, model, dataset, _, _, test_data = load_data_and_model(result["saved_model_file"])
+    trainer = make_trainer(config, model, dataset)
+    again = trainer.evaluate(test_data, load_best_model=False)
+    assert dict(again) == pytest.approx(result["test_result"], abs=1e-4)
+
+
+def test_checkpoint_refuses_other_features(fast_config, tmp_path, data_root):
+    _, _, model, _ = _prepare(fast_config)
+    state = model.state_dict()
+    lines = (data_root / "ml-100k" / "ml-100k.archetype").read_text().splitlines()
+    header, body = lines[0], lines[1:]
+    changed = []
+    for row in body:  # same shape, other values: every prefill value zeroed
+        token, prefill, decoding = row.split("\t")
+        changed.append("\t".join([token, " ".join("0" for _ in prefill.split()), decoding]))
+    other = tmp_path / "other.archetype"
+    other.write_text("\n".join([header] + changed) + "\n")
+    _, _, model2, _ = _prepare(fast_config, archetype_feature_file=str(other))
+    with pytest.raises(RuntimeError, match="other archetype features"):
+        model2.load_state_dict(state)
