@@ -18,7 +18,8 @@ from recbole_genair.registry import BACKBONES, UnknownChoiceError, methods
 
 
 def parse(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--model", "-m", default="SASRec", help=f"backbone: {', '.join(BACKBONES)}")
     parser.add_argument("--dataset", "-d", default="ml-100k", help="a data set prepared under dataset/")
     parser.add_argument("--method", default="genair", help=f"item representation: {', '.join(methods())}")

@@ -1,0 +1,425 @@
+"""The paper's Table 2: every method x backbone over several seeds, resumable.
+
+    python -m recbole_genair.experiments --dataset=Amazon_Beauty \\
+        [--methods=base,genair,...] [--models=SASRec,GRU4Rec,BERT4Rec] [--seeds=3] \\
+        [--config_files="a.yaml b.yaml"] [--out=DIR] [--metrics=hit@10,ndcg@10] [--key=value ...]
+
+Each cell (backbone, method, seed) is one ``quick_start.run``: early stopping on valid
+NDCG@10, then the test metrics of the best-valid epoch.  Seeds are ``seed + k`` for
+``k = 0..seeds-1`` (``seed`` from the YAML layers or ``--seed=``); the fixed evaluation
+negatives depend only on ``eval_negatives_seed``, so every cell ranks against the same
+candidates.  Any other ``--key=value`` is a RecBole setting for every cell, e.g.
+``--eval_negatives=0`` for full ranking or ``--epochs=50``.
+
+Resuming: each finished cell is appended (flushed and fsync'ed) as one JSON line to
+``DIR/results.jsonl`` keyed by (dataset, model, method, seed, config hash); the hash covers
+the contents of ``--config_files`` and the ``--key=value`` settings (not the seed and not
+settings that cannot change results: logging, progress bars, threads, checkpoint folder).
+Re-running the same command skips finished cells; a failed cell is reported and retried
+next time.
+
+Outputs in ``DIR`` (default ``saved/experiments/<dataset>``, git-ignored):
+``table2.md`` / ``table2.csv`` — rows = backbone x metric, columns = methods, cells
+mean ± std (sample std) over seeds, best per row in bold, GenAIR's improvement over the best
+baseline in % and the two-sided t-test p-value (``scipy.stats.ttest_ind``, Student's,
+GenAIR's seeds vs the best baseline's seeds) — and ``runs.csv`` (one row per run).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+from recbole.config import Config as RecBoleConfig
+
+from recbole_genair.quick_start import build_config, run
+from recbole_genair.registry import BACKBONES, UnknownChoiceError, methods as registered_methods
+from recbole_genair.registry import model_class
+
+GENAIR = "genair"
+DEFAULT_METRICS = ("hit@10", "ndcg@10")
+DEFAULT_OUT = Path("saved") / "experiments"
+RESULTS_FILE = "results.jsonl"
+# Settings that cannot change a run's numbers; left out of the config hash.
+NON_RESULT_KEYS = frozenset({"seed", "show_progress", "state", "checkpoint_dir", "torch_threads",
+                             "log_wandb", "wandb_project"})
+# Options of this module's command line; every other --key=value is a RecBole setting.
+RUNNER_OPTIONS = frozenset({"dataset", "methods", "models", "seeds", "config_files", "out", "metrics"})
+
+
+def _say(message: str) -> None:
+    print(f"[experiments] {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- command line
+def command_line_overrides(args: Iterable[str], exclude: Iterable[str] = ()) -> dict:
+    """RecBole's reading of ``--key=value`` arguments (same rule, same value conversion).
+
+    Arguments that are not ``--key=value`` with exactly one ``=`` are ignored, as RecBole
+    ignores them; keys in ``exclude`` are a runner's own options.
+    """
+    exclude = set(exclude)
+    out: dict = {}
+    for arg in args:
+        if not arg.startswith("--") or len(arg[2:].split("=")) != 2:
+            continue
+        key, value = arg[2:].split("=")
+        if key in exclude:
+            continue
+        if key in out and out[key] != value:
+            raise ValueError(f"--{key} given twice with different values")
+        out[key] = value
+    # RecBole's own str -> value conversion; it reads no instance state.
+    return RecBoleConfig._convert_config_dict(None, out)
+
+
+@contextlib.contextmanager
+def isolated_argv():
+    """Hide ``sys.argv`` from RecBole's ``Config`` for the block.
+
+    RecBole reads every ``--key=value`` of ``sys.argv`` and ranks it above ``config_dict``:
+    a runner's own options (``--seeds=3``), pytest's, or a Ray worker's
+    (``--node-ip-address=...``) would leak into the configuration, and a command-line
+    ``--seed`` would override each cell's seed.  Runners pass settings as ``config_dict``.
+    """
+    saved = sys.argv
+    sys.argv = saved[:1]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+# --------------------------------------------------------------------------- resume store
+def config_hash(config_file_list: Optional[Sequence[str]], overrides: dict) -> str:
+    """12 hex digits over the config files' contents and the result-relevant overrides."""
+    files = []
+    for path in config_file_list or []:
+        files.append(hashlib.sha1(Path(path).read_bytes()).hexdigest())
+    settings = {k: v for k, v in overrides.items() if k not in NON_RESULT_KEYS}
+    blob = json.dumps({"files": files, "settings": settings}, sort_keys=True, default=repr)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def cell_key(record: dict) -> tuple:
+    return (record["dataset"], record["model"], record["method"], int(record["seed"]), record["config_hash"])
+
+
+class ResultStore:
+    """Append-only JSON-lines file of finished cells."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def load(self) -> dict[tuple, dict]:
+        records: dict[tuple, dict] = {}
+        if not self.path.is_file():
+            return records
+        with open(self.path, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # a line cut by a crash mid-write: that cell re-runs
+                    _say(f"warning: {self.path}:{lineno} is not valid JSON; ignored")
+                    continue
+                records[cell_key(record)] = record
+        return records
+
+    def append(self, record: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(record, sort_keys=True, default=repr) + "\n"
+        with open(self.path, "a", encoding="utf-8") as fh:  # one write of one line, O_APPEND
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+# --------------------------------------------------------------------------- running
+@dataclass
+class Outcome:
+    """Records of the requested cells (finished now or before), failures, written files."""
+
+    records: list[dict]
+    failures: list[dict] = field(default_factory=list)
+    ran: int = 0
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def base_seed(dataset, model, method, config_file_list, overrides) -> int:
+    if "seed" in overrides:
+        return int(overrides["seed"])
+    with isolated_argv():
+        return int(build_config(model, dataset, method, config_file_list, dict(overrides))["seed"])
+
+
+def run_experiments(dataset: str, models: Sequence[str] = BACKBONES, methods: Optional[Sequence[str]] = None,
+                    seeds: int = 3, config_file_list: Optional[Sequence[str]] = None,
+                    overrides: Optional[dict] = None, out=None,
+                    metrics: Sequence[str] = DEFAULT_METRICS) -> Outcome:
+    """Run every missing (model, method, seed) cell, then write the tables."""
+    methods = list(methods or registered_methods())
+    models = list(models)
+    overrides = dict(overrides or {})
+    for model in models:  # unknown names: one-line error before anything runs
+        for method in methods:
+            model_class(model, method)
+    files = [os.path.abspath(f) for f in config_file_list or []] or None
+    first = base_seed(dataset, models[0], methods[0], files, overrides)  # also checks the data set
+    out = Path(out) if out else DEFAULT_OUT / dataset
+    out.mkdir(parents=True, exist_ok=True)
+    store = ResultStore(out / RESULTS_FILE)
+    digest = config_hash(files, overrides)
+    seed_list = [first + k for k in range(seeds)]
+    settings = {k: v for k, v in overrides.items() if k != "seed"}
+    settings.setdefault("checkpoint_dir", str((out / "saved").resolve()))
+
+    done = store.load()
+    cells = [(model, method, seed) for seed in seed_list for model in models for method in methods]
+    todo = [c for c in cells if (dataset, c[0], c[1], c[2], digest) not in done]
+    _say(f"{dataset}: {len(cells)} cell(s) ({len(models)} backbone(s) x {len(methods)} method(s) x "
+         f"{seeds} seed(s) {seed_list}), config hash {digest}; {len(cells) - len(todo)} done, "
+         f"{len(todo)} to run; results in {store.path}")
+
+    outcome = Outcome(records=[])
+    for index, (model, method, seed) in enumerate(todo, 1):
+        _say(f"[{index}/{len(todo)}] {model} / {method} / seed {seed} ...")
+        started = time.time()
+        try:
+            with isolated_argv():
+                result = run(model=model, dataset=dataset, method=method, config_file_list=files,
+                             config_dict={**settings, "seed": seed}, saved=True)
+        except Exception as exc:  # one failed cell must not lose the others; it is reported
+            error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            _say(f"[{index}/{len(todo)}] {model} / {method} / seed {seed} FAILED: {error}")
+            outcome.failures.append({"model": model, "method": method, "seed": seed, "error": error})
+            continue
+        record = {"dataset": dataset, "model": model, "method": method, "seed": seed,
+                  "config_hash": digest, "overrides": settings,
+                  "config_files": files or [],
+                  "test_result": {k: float(v) for k, v in result["test_result"].items()},
+                  "best_valid_result": {k: float(v) for k, v in result["best_valid_result"].items()},
+                  "best_valid_score": float(result["best_valid_score"]),
+                  "protocol": result.get("protocol", ""), "saved_model_file": result.get("saved_model_file"),
+                  "seconds": round(time.time() - started, 1),
+                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        store.append(record)
+        done[cell_key(record)] = record
+        outcome.ran += 1
+        _say(f"[{index}/{len(todo)}] done in {record['seconds']}s: " + ", ".join(
+            f"test {m}={record['test_result'].get(m, float('nan')):.4f}" for m in metrics))
+        _write_all(out, dataset, models, methods, seed_list, digest, done, metrics, outcome)
+
+    _write_all(out, dataset, models, methods, seed_list, digest, done, metrics, outcome)
+    _say(f"wrote {outcome.files['markdown']}, {outcome.files['csv']} and {outcome.files['runs']}"
+         + (f"; {len(outcome.failures)} cell(s) failed" if outcome.failures else ""))
+    return outcome
+
+
+def _write_all(out, dataset, models, methods, seed_list, digest, done, metrics, outcome: Outcome) -> None:
+    records = [done[(dataset, m, meth, s, digest)] for s in seed_list for m in models for meth in methods
+               if (dataset, m, meth, s, digest) in done]
+    outcome.records = records
+    rows = summarize(records, models, methods, metrics)
+    protocol = next((r.get("protocol") for r in records if r.get("protocol")), "")
+    title = (f"# Table 2: {dataset} — {len(seed_list)} seed(s) {seed_list}, config hash {digest}"
+             + (f", {protocol}" if protocol else ""))
+    files = {"markdown": out / "table2.md", "csv": out / "table2.csv", "runs": out / "runs.csv"}
+    _atomic_write(files["markdown"], render_markdown(rows, methods, metrics, title, outcome.failures))
+    _atomic_write(files["csv"], _csv_text(*table_csv(rows, methods)))
+    _atomic_write(files["runs"], _csv_text(*runs_csv(records)))
+    outcome.files = files
+
+
+# --------------------------------------------------------------------------- tables
+def _stats(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, std
+
+
+def ttest_pvalue(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sided Student's t-test p-value (``scipy.stats.ttest_ind``); NaN when undefined."""
+    from scipy.stats import ttest_ind
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
+    return float(ttest_ind(list(a), list(b)).pvalue)
+
+
+def summarize(records: list[dict], models: Sequence[str], methods: Sequence[str],
+              metrics: Sequence[str] = DEFAULT_METRICS) -> list[dict]:
+    """One row per (backbone, metric): per-method values and stats, best, GenAIR vs best baseline."""
+    rows = []
+    for model in models:
+        for metric in metrics:
+            row = {"backbone": model, "metric": metric, "values": {}, "mean": {}, "std": {}}
+            for method in methods:
+                values = [r["test_result"][metric] for r in records
+                          if r["model"] == model and r["method"] == method and metric in r["test_result"]]
+                if values:
+                    row["values"][method] = values
+                    row["mean"][method], row["std"][method] = _stats(values)
+            means = row["mean"]
+            row["best"] = max(means, key=means.get) if means else None
+            baselines = {m: v for m, v in means.items() if m != GENAIR}
+            row["best_baseline"] = max(baselines, key=baselines.get) if baselines else None
+            row["improvement_pct"] = row["p_value"] = None
+            if GENAIR in means and row["best_baseline"] is not None:
+                reference = means[row["best_baseline"]]
+                row["improvement_pct"] = ((means[GENAIR] - reference) / reference * 100
+                                          if reference else float("nan"))
+                row["p_value"] = ttest_pvalue(row["values"][GENAIR], row["values"][row["best_baseline"]])
+            rows.append(row)
+    return rows
+
+
+def metric_label(metric: str) -> str:
+    name, _, k = metric.partition("@")
+    name = {"hit": "HR", "ndcg": "NDCG", "mrr": "MRR", "recall": "Recall", "precision": "Precision"}.get(
+        name.lower(), name.upper())
+    return f"{name}@{k}" if k else name
+
+
+def _pvalue_text(p: Optional[float]) -> str:
+    if p is None:
+        return ""
+    if math.isnan(p):
+        return "n/a"
+    return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
+
+
+def render_markdown(rows: list[dict], methods: Sequence[str], metrics: Sequence[str], title: str,
+                    failures: Sequence[dict] = ()) -> str:
+    show_gain = GENAIR in methods and any(m != GENAIR for m in methods)
+    head = ["Backbone", "Metric", *methods] + (["Improv. (GenAIR vs best baseline)", "p-value"] if show_gain else [])
+    lines = [title, "",
+             "Test metrics of the best-valid epoch, mean ± sample std over seeds (n=… when a cell "
+             "has fewer runs than others); best per row in bold; p-value: two-sided t-test "
+             "(scipy.stats.ttest_ind) of GenAIR vs the best baseline over seeds.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        counts = {m: len(v) for m, v in row["values"].items()}
+        most = max(counts.values(), default=0)
+        cells = []
+        for method in methods:
+            if method not in row["mean"]:
+                cells.append("–")
+                continue
+            text = f"{row['mean'][method]:.4f}"
+            if counts[method] > 1:  # no std from a single run
+                text += f" ± {row['std'][method]:.4f}"
+            if counts[method] < most:
+                text += f" (n={counts[method]})"
+            cells.append(f"**{text}**" if method == row["best"] else text)
+        if show_gain:
+            gain = row["improvement_pct"]
+            cells.append("" if gain is None else f"{gain:+.2f}% vs {row['best_baseline']}")
+            cells.append(_pvalue_text(row["p_value"]))
+        lines.append(f"| {row['backbone']} | {metric_label(row['metric'])} | " + " | ".join(cells) + " |")
+    if failures:
+        lines += ["", "Failed runs (re-run the command to retry them):", ""]
+        lines += [f"- {f['model']} / {f['method']} / seed {f['seed']}: {f['error']}" for f in failures]
+    return "\n".join(lines) + "\n"
+
+
+def table_csv(rows: list[dict], methods: Sequence[str]) -> tuple[list[str], list[dict]]:
+    columns = ["backbone", "metric"]
+    for method in methods:
+        columns += [f"{method}_mean", f"{method}_std", f"{method}_n"]
+    columns += ["best", "best_baseline", "improvement_pct", "p_value"]
+    out = []
+    for row in rows:
+        flat = {"backbone": row["backbone"], "metric": row["metric"], "best": row["best"],
+                "best_baseline": row["best_baseline"], "improvement_pct": row["improvement_pct"],
+                "p_value": row["p_value"]}
+        for method in methods:
+            if method in row["mean"]:
+                flat.update({f"{method}_mean": row["mean"][method], f"{method}_std": row["std"][method],
+                             f"{method}_n": len(row["values"][method])})
+        out.append(flat)
+    return columns, out
+
+
+def runs_csv(records: list[dict]) -> tuple[list[str], list[dict]]:
+    test_keys = sorted({k for r in records for k in r["test_result"]})
+    valid_keys = sorted({k for r in records for k in r["best_valid_result"]})
+    columns = (["dataset", "model", "method", "seed", "config_hash"] + [f"test_{k}" for k in test_keys]
+               + [f"valid_{k}" for k in valid_keys] + ["seconds", "protocol", "saved_model_file", "finished"])
+    rows = []
+    for r in records:
+        row = {k: r.get(k) for k in ("dataset", "model", "method", "seed", "config_hash", "seconds",
+                                     "protocol", "saved_model_file", "finished")}
+        row.update({f"test_{k}": v for k, v in r["test_result"].items()})
+        row.update({f"valid_{k}": v for k, v in r["best_valid_result"].items()})
+        rows.append(row)
+    return columns, rows
+
+
+def _csv_text(columns: list[str], rows: list[dict]) -> str:
+    import io
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row.get(k) for k in columns})
+    return buffer.getvalue()
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- CLI
+def parse(argv=None) -> tuple[argparse.Namespace, dict]:
+    # allow_abbrev=False: RecBole's --seed=N must not be taken for an abbreviation of --seeds.
+    parser = argparse.ArgumentParser(prog="python -m recbole_genair.experiments", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser.add_argument("--dataset", "-d", required=True, help="a data set prepared under dataset/")
+    parser.add_argument("--methods", default=None,
+                        help=f"comma-separated (default: all registered: {','.join(registered_methods())})")
+    parser.add_argument("--models", default=",".join(BACKBONES), help="comma-separated backbones")
+    parser.add_argument("--seeds", type=int, default=3, help="runs per cell: seed, seed+1, ...")
+    parser.add_argument("--config_files", default=None, help="space-separated YAML files")
+    parser.add_argument("--out", default=None, help=f"output folder (default: {DEFAULT_OUT}/<dataset>)")
+    parser.add_argument("--metrics", default=",".join(DEFAULT_METRICS), help="test metrics in the table")
+    args, rest = parser.parse_known_args(argv)
+    bad = [a for a in rest if not a.startswith("--") or len(a[2:].split("=")) != 2]
+    if bad:
+        parser.error(f"unrecognised argument(s) {bad}; RecBole settings are given as --key=value")
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
+    return args, command_line_overrides(rest, exclude=RUNNER_OPTIONS)
+
+
+def _split(text: Optional[str]) -> Optional[list[str]]:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def main(argv=None) -> int:
+    args, overrides = parse(argv)
+    try:
+        outcome = run_experiments(
+            dataset=args.dataset, models=_split(args.models), methods=_split(args.methods), seeds=args.seeds,
+            config_file_list=args.config_files.split() if args.config_files else None,
+            overrides=overrides, out=args.out, metrics=_split(args.metrics))
+    except UnknownChoiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 1 if outcome.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,556 @@
+"""Ray Tune hyperparameter sweeps selected on **validation** metrics.
+
+    python run_recbole_genair.py --tune --model=SASRec --dataset=ml-100k [--method=genair]
+        [--search_space=FILE.yaml] [--num_samples=N] [--max_concurrent=N] [--ray_address=ADDR]
+        [--key=value ...]
+
+Replaces RecBole's ``objective_function`` (which reports *test* metrics and calls
+``tune.report`` in a form Ray 2.6 rejects).  Each trial is this package's own run —
+``build_config`` → ``prepare`` → ``GenAIRTrainer.fit`` — and reports the validation metrics
+of every evaluated epoch (``valid_ndcg@10``, ``valid_hit@10``, ...) through
+``ray.air.session.report``, so ASHA (time attribute ``training_iteration`` = evaluations)
+stops poor trials early.  A trial's score is the best validation value over its epochs,
+i.e. the epoch whose checkpoint RecBole keeps.  Test metrics are computed once, for the
+best trial only, after the sweep (its checkpoint is reloaded; if that file is not visible
+from the driver, the best configuration is re-run) — never for selection.
+
+Search space (``properties/tune/<method>.yaml`` unless ``--search_space``)::
+
+    calibration_alpha: {grid: [1.0e-4, 1.0e-3]}      # every value (Ray grid_search)
+    dropout_prob: {choice: [0.2, 0.5]}               # one value drawn per sample
+    learning_rate: {loguniform: [1.0e-4, 1.0e-2]}    # drawn log-uniformly in [lo, hi]
+    projector_dropout: {uniform: [0.0, 0.3]}         # drawn uniformly in [lo, hi]
+    fixed: {epochs: 50}                              # settings for every trial (optional)
+    scheduler: {type: asha, grace_period: 5, reduction_factor: 4}   # or {type: fifo}
+
+``num_samples`` is Ray's: the grid is run ``num_samples`` times, drawing the random keys
+anew each time (default 1 when the space has a grid — every grid point once — else 10).
+Precedence inside a trial, lowest first: YAML layers < ``--config_files`` < ``fixed`` <
+command-line ``--key=value`` < the trial's sampled values (a key cannot be both swept and
+set on the command line).  ``torch_threads`` is set to the trial's CPU reservation.
+
+Outputs (``ray_results/<dataset>-<model>-<method>-<timestamp>/``, Ray's experiment
+directory): ``trials.csv`` (one row per trial, best first, failed trials with their error),
+``history.csv`` (every report of every trial), ``summary.md`` (table, best trial's test
+metrics, commands to reproduce) and ``best.json``.
+
+On a Ray cluster (``--ray_address``) the package and the data set must be importable /
+readable at the same absolute paths on every node; relative paths given here are made
+absolute on the driver.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from recbole_genair.experiments import command_line_overrides, isolated_argv
+from recbole_genair.paths import PROPERTIES_DIR, read_yaml
+from recbole_genair.quick_start import build_config
+from recbole_genair.registry import UnknownChoiceError, model_class
+
+SPEC_KINDS = ("grid", "choice", "loguniform", "uniform")
+SCHEDULER_KEYS = {"type", "grace_period", "reduction_factor", "max_t", "brackets"}
+# Options of run_recbole_genair.py itself; every other --key=value is a RecBole setting.
+RUNNER_OPTIONS = {"model", "dataset", "method", "config_files", "tune", "search_space",
+                  "num_samples", "max_concurrent", "ray_address"}
+# Settings holding file paths: made absolute on the driver, since trials run elsewhere.
+PATH_KEYS = ("data_path", "archetype_feature_file")
+# Settings a trial always chooses itself; left out of the reproduce commands.
+TRIAL_KEYS = ("checkpoint_dir", "torch_threads", "show_progress")
+DEFAULT_RESULTS_DIR = "ray_results"
+
+
+def _say(message: str) -> None:
+    print(f"[tune] {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- search space
+@dataclass
+class SearchSpace:
+    """A parsed search-space YAML: swept keys, fixed settings and scheduler options."""
+
+    params: dict[str, tuple[str, list]] = field(default_factory=dict)  # key -> (kind, values)
+    fixed: dict[str, Any] = field(default_factory=dict)
+    scheduler: dict[str, Any] = field(default_factory=dict)
+    source: str = "<dict>"
+
+    @property
+    def grid_size(self) -> int:
+        return math.prod(len(v) for kind, v in self.params.values() if kind == "grid")
+
+    @property
+    def has_grid(self) -> bool:
+        return any(kind == "grid" for kind, _ in self.params.values())
+
+    def default_num_samples(self) -> int:
+        random_keys = any(kind != "grid" for kind, _ in self.params.values())
+        return 10 if random_keys and not self.has_grid else 1
+
+    def ray_space(self) -> dict:
+        from ray import tune as ray_tune
+        out = {}
+        for key, (kind, values) in self.params.items():
+            if kind == "grid":
+                out[key] = ray_tune.grid_search(list(values))
+            elif kind == "choice":
+                out[key] = ray_tune.choice(list(values))
+            elif kind == "loguniform":
+                out[key] = ray_tune.loguniform(*values)
+            else:
+                out[key] = ray_tune.uniform(*values)
+        return out
+
+
+def parse_search_space(data: dict, source: str = "<dict>") -> SearchSpace:
+    """Check and parse a search-space mapping (see the module docstring for the format)."""
+    space = SearchSpace(source=source)
+    for key, spec in data.items():
+        if key in ("fixed", "scheduler"):
+            if spec is None:
+                continue
+            if not isinstance(spec, dict):
+                raise ValueError(f"{source}: `{key}` must be a mapping, got {spec!r}")
+            if key == "scheduler":
+                unknown = set(spec) - SCHEDULER_KEYS
+                if unknown:
+                    raise ValueError(f"{source}: unknown scheduler option(s) {sorted(unknown)}; "
+                                     f"known: {sorted(SCHEDULER_KEYS)}")
+                if spec.get("type", "asha") not in ("asha", "fifo"):
+                    raise ValueError(f"{source}: scheduler type must be asha or fifo, got {spec['type']!r}")
+            setattr(space, key, dict(spec))
+            continue
+        if not (isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in SPEC_KINDS):
+            raise ValueError(f"{source}: `{key}` must be one of " + ", ".join(
+                f"{{{kind}: [...]}}" for kind in SPEC_KINDS) + f"; got {spec!r}")
+        kind, values = next(iter(spec.items()))
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"{source}: `{key}: {{{kind}: ...}}` needs a non-empty list, got {values!r}")
+        if kind in ("loguniform", "uniform"):
+            if len(values) != 2 or not all(isinstance(v, (int, float)) for v in values) or values[0] >= values[1]:
+                raise ValueError(f"{source}: `{key}: {{{kind}: [lo, hi]}}` needs two numbers lo < hi, got {values!r}")
+            if kind == "loguniform" and values[0] <= 0:
+                raise ValueError(f"{source}: `{key}: {{loguniform: ...}}` needs lo > 0, got {values!r}")
+        space.params[key] = (kind, list(values))
+    clash = set(space.params) & set(space.fixed)
+    if clash:
+        raise ValueError(f"{source}: {sorted(clash)} both swept and fixed")
+    return space
+
+
+def load_search_space(path) -> SearchSpace:
+    path = Path(path)
+    if not path.is_file():
+        raise UnknownChoiceError(f"search space {path} does not exist")
+    return parse_search_space(read_yaml(path), source=str(path))
+
+
+def default_search_space(method: str) -> Path:
+    path = PROPERTIES_DIR / "tune" / f"{method}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in (PROPERTIES_DIR / "tune").glob("*.yaml"))) or "none"
+        raise UnknownChoiceError(f"no search space for method {method!r} at {path} (have: {known}); "
+                                 f"pass --search_space=FILE.yaml")
+    return path
+
+
+# --------------------------------------------------------------------------- the trial
+def _absolute_paths(settings: dict) -> dict:
+    out = dict(settings)
+    for key in PATH_KEYS:
+        if isinstance(out.get(key), str) and not os.path.isabs(out[key]):
+            out[key] = os.path.abspath(out[key])
+    return out
+
+
+def trial_metrics(valid_result: dict, valid_score: float, epoch_idx: int, trainer) -> dict:
+    """What a trial reports after each validation: only validation numbers."""
+    metrics = {f"valid_{name}": float(value) for name, value in valid_result.items()}
+    metrics.update(valid_score=float(valid_score), epoch=int(epoch_idx),
+                   best_valid_score=float(trainer.best_valid_score),
+                   saved_model_file=str(trainer.saved_model_file))
+    return metrics
+
+
+def genair_trial(params: dict, setup: dict) -> None:
+    """Ray function trainable: one RecBole run reporting validation metrics each epoch."""
+    from ray.air import session
+    from recbole.utils import init_logger, init_seed
+
+    from recbole_genair.quick_start import prepare
+
+    trial_dir = session.get_trial_dir()
+    config_dict = {**setup["base"], **params,
+                   "checkpoint_dir": os.path.join(trial_dir, "saved"),
+                   "torch_threads": setup["cpus_per_trial"], "show_progress": False}
+    with isolated_argv():  # the Ray worker's own --node-ip-address=... must not reach RecBole
+        config = build_config(setup["model"], setup["dataset"], setup["method"],
+                              setup["config_file_list"], config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)  # ./log/ inside the trial directory (Ray's working directory)
+    _, (train_data, valid_data, _test_unused), _, trainer = prepare(config)
+
+    # RecBole's callback receives only the score; keep the full result of each validation.
+    last_valid = {}
+    valid_epoch = trainer._valid_epoch
+
+    def _valid_epoch_keeping_result(*args, **kwargs):
+        score, result = valid_epoch(*args, **kwargs)
+        last_valid["result"] = result
+        return score, result
+
+    trainer._valid_epoch = _valid_epoch_keeping_result
+
+    def report(epoch_idx, valid_score):
+        session.report(trial_metrics(last_valid["result"], valid_score, epoch_idx, trainer))
+
+    trainer.fit(train_data, valid_data, saved=True, show_progress=False, callback_fn=report)
+
+
+def _trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+# --------------------------------------------------------------------------- results
+@dataclass
+class SweepReport:
+    """What ``tune`` returns: the trials (best first, failed last) and the best one's test."""
+
+    out_dir: Path
+    metric: str
+    mode: str
+    trials: list[dict]
+    history: list[dict]
+    best: Optional[dict]
+    commands: dict[str, str]
+
+    @property
+    def failed(self) -> list[dict]:
+        return [t for t in self.trials if t["status"] == "failed"]
+
+
+def _error_summary(error: BaseException) -> str:
+    cause = getattr(error, "cause", None) or error
+    text = f"{type(cause).__name__}: {cause}".strip()
+    first = text.splitlines()[0] if text else type(cause).__name__
+    return first[:300]
+
+
+def _read_params(log_dir: Optional[Path], fallback: Optional[dict]) -> dict:
+    if log_dir is not None and (Path(log_dir) / "params.json").is_file():
+        with open(Path(log_dir) / "params.json", encoding="utf-8") as fh:
+            return json.load(fh)
+    return dict(fallback or {})
+
+
+def collect_trials(result_grid, space: SearchSpace, metric: str, mode: str) -> tuple[list[dict], list[dict]]:
+    """One summary row per trial and every reported row, from a ``ResultGrid``."""
+    sign = 1 if mode == "max" else -1
+    trials, history = [], []
+    for result in result_grid:
+        log_dir = Path(result.log_dir) if result.log_dir else None
+        trial_id = (log_dir.name.removeprefix("trial_") if log_dir else
+                    (result.metrics or {}).get("trial_id", "?"))
+        params = _read_params(log_dir, getattr(result, "config", None))
+        row = {"trial_id": trial_id, "status": "ok",
+               **{f"param/{k}": params.get(k) for k in space.params}}
+        frame = result.metrics_dataframe
+        rows = [] if frame is None else frame.to_dict("records")
+        for report in rows:
+            history.append({"trial_id": trial_id, **{k: v for k, v in report.items()
+                                                     if k == "training_iteration" or k == "epoch"
+                                                     or k.startswith("valid_")}})
+        scored = [r for r in rows if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric])]
+        if scored:
+            best = max(scored, key=lambda r: sign * r[metric])
+            row.update({metric: best[metric], "best_epoch": best.get("epoch"),
+                        "best_iteration": best.get("training_iteration"), "iterations": len(rows)})
+            row.update({k: v for k, v in best.items() if k.startswith("valid_") and k != metric})
+            row["saved_model_file"] = best.get("saved_model_file")
+        else:
+            row.update({metric: None, "iterations": len(rows)})
+        if result.error is not None:
+            row["status"] = "failed"
+            row["error"] = _error_summary(result.error)
+            row["error_file"] = str(log_dir / "error.txt") if log_dir else ""
+        elif not scored:
+            row["status"] = "failed"
+            row["error"] = "trial ended without reporting a validation metric"
+        row["log_dir"] = str(log_dir) if log_dir else ""
+        trials.append(row)
+    ok = sorted((t for t in trials if t["status"] == "ok"), key=lambda t: -sign * t[metric])
+    failed = [t for t in trials if t["status"] != "ok"]
+    for rank, trial in enumerate(ok, 1):
+        trial["rank"] = rank
+    return ok + failed, history
+
+
+def evaluate_checkpoint(model_file: str) -> dict:
+    """Valid and test metrics of a saved model under the package's protocol."""
+    from recbole_genair.quick_start import load_data_and_model
+    from recbole_genair.trainer import GenAIRTrainer, fixed_negatives
+
+    config, net, dataset, _, valid_data, test_data = load_data_and_model(model_file)
+    trainer = GenAIRTrainer(config, net)
+    if config["eval_negatives"]:
+        trainer.set_negatives(fixed_negatives(dataset, int(config["eval_negatives"]),
+                                              int(config["eval_negatives_seed"])))
+    valid = trainer.evaluate(valid_data, load_best_model=False)
+    test = trainer.evaluate(test_data, load_best_model=False)
+    return {"valid_result": dict(valid), "test_result": dict(test), "source": f"checkpoint {model_file}"}
+
+
+def _cli_value(value) -> str:
+    if isinstance(value, (list, tuple, dict)):
+        return repr(value)
+    return str(value)
+
+
+def reproduce_command(model, dataset, method, config_file_list, settings: dict) -> str:
+    parts = ["python", "run_recbole_genair.py", f"--model={model}", f"--dataset={dataset}", f"--method={method}"]
+    if config_file_list:
+        parts.append(f"--config_files={' '.join(config_file_list)}")
+    parts += [f"--{k}={_cli_value(v)}" for k, v in settings.items() if k not in TRIAL_KEYS]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}" if 1e-3 <= abs(value) < 1e4 or value == 0 else f"{value:.3g}"
+    return str(value)
+
+
+def _md_cell(value, raw: bool = False) -> str:
+    text = "" if value is None else str(value) if raw else _fmt(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def write_report(report: SweepReport, header: str) -> None:
+    """``trials.csv``, ``history.csv``, ``best.json`` and ``summary.md`` in ``report.out_dir``."""
+    out = report.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    columns = list(dict.fromkeys(["rank", "trial_id", "status"]
+                                 + [k for t in report.trials for k in t if k.startswith("param/")]
+                                 + [report.metric, "best_epoch", "iterations"]
+                                 + sorted({k for t in report.trials for k in t
+                                           if k.startswith("valid_") and k != report.metric})
+                                 + ["error", "error_file", "saved_model_file", "log_dir"]))
+    _write_csv(out / "trials.csv", columns, report.trials)
+    hist_cols = list(dict.fromkeys(["trial_id", "training_iteration", "epoch"]
+                                   + sorted({k for h in report.history for k in h if k.startswith("valid_")})))
+    _write_csv(out / "history.csv", hist_cols, report.history)
+    with open(out / "best.json", "w", encoding="utf-8") as fh:
+        json.dump({"metric": report.metric, "mode": report.mode, "best": report.best,
+                   "commands": report.commands}, fh, indent=2, default=str)
+
+    shown = [c for c in columns if c not in ("error_file", "saved_model_file", "log_dir")]
+    lines = [header, "", f"Selection: {report.metric} ({report.mode}, best epoch of each trial) "
+             "on the validation split; test metrics below are the best trial's only.", ""]
+    lines.append("| " + " | ".join(c.removeprefix("param/") for c in shown) + " |")
+    lines.append("|" + "---|" * len(shown))
+    for trial in report.trials:
+        lines.append("| " + " | ".join(_md_cell(trial.get(c), raw=c.startswith("param/")) for c in shown) + " |")
+    lines.append("")
+    if report.best:
+        lines.append(f"## Best trial {report.best['trial_id']}")
+        lines.append("")
+        for split in ("valid_result", "test_result"):
+            res = report.best.get(split) or {}
+            if res:
+                lines.append(f"- {split.split('_')[0]}: " + ", ".join(f"{k} {v:.4f}" for k, v in res.items()))
+        if report.best.get("source"):
+            lines.append(f"- evaluated from: {report.best['source']}")
+        if report.best.get("final_error"):
+            lines.append(f"- final evaluation failed: {report.best['final_error']}")
+        lines += ["", "Reproduce the best trial (same fixed sweep settings):", "",
+                  "    " + report.commands["trial"], "",
+                  "Best swept values under the full protocol (without the sweep's `fixed` settings):", "",
+                  "    " + report.commands["protocol"], ""]
+    else:
+        lines += ["No trial finished with a validation metric.", ""]
+    if report.failed:
+        lines += ["## Failed trials", ""]
+        for trial in report.failed:
+            lines.append(f"- {trial['trial_id']}: {trial.get('error', '')} ({trial.get('error_file', '')})")
+        lines.append("")
+    (out / "summary.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: row.get(k) for k in columns})
+
+
+# --------------------------------------------------------------------------- driver
+def _init_ray(ray_address: Optional[str], num_cpus: Optional[int]) -> bool:
+    """Connect to ``ray_address`` or start a local Ray; True when this call started it."""
+    import ray
+    if ray.is_initialized():
+        return False
+    if ray_address:
+        ray.init(address=ray_address, log_to_driver=False)
+    else:
+        # Trials' RecBole logs stay in their trial directories (log_to_driver=False);
+        # the Tune status table and error files report progress and failures.
+        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def _scheduler(options: dict, max_t: int):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    options = dict(options)
+    if options.pop("type", "asha") == "fifo":
+        return FIFOScheduler()
+    max_t = int(options.pop("max_t", max_t))
+    grace = min(int(options.pop("grace_period", 1)), max_t)
+    # metric and mode come from TuneConfig (Ray 2.6 refuses them in both places)
+    return ASHAScheduler(time_attr="training_iteration", max_t=max_t,
+                         grace_period=grace, reduction_factor=options.pop("reduction_factor", 4),
+                         brackets=options.pop("brackets", 1))
+
+
+def tune(model: str = "SASRec", dataset: str = "ml-100k", method: str = "genair", config_file_list=None,
+         search_space=None, num_samples: Optional[int] = None, max_concurrent: Optional[int] = None,
+         ray_address: Optional[str] = None, overrides: Optional[dict] = None, out_dir=None,
+         cpus_per_trial: int = 1, num_cpus: Optional[int] = None, evaluate_best: bool = True) -> SweepReport:
+    """Run a sweep; see the module docstring.
+
+    ``search_space``: a YAML path, a mapping in the same format, or ``None`` for
+    ``properties/tune/<method>.yaml``.  ``overrides``: RecBole settings for every trial;
+    ``None`` reads the ``--key=value`` arguments of the command line (as RecBole does), minus
+    ``run_recbole_genair.py``'s own options.  ``num_cpus`` sizes a local Ray (default: all
+    cores); ``cpus_per_trial`` is each trial's reservation and torch thread count.
+    """
+    import ray
+    from ray import air
+    from ray import tune as ray_tune
+
+    model_class(model, method)  # unknown names: one-line error before anything else
+    if search_space is None:
+        space = load_search_space(default_search_space(method))
+    elif isinstance(search_space, dict):
+        space = parse_search_space(search_space)
+    else:
+        space = load_search_space(search_space)
+    if overrides is None:
+        overrides = command_line_overrides(sys.argv[1:], exclude=RUNNER_OPTIONS)
+    clash = set(space.params) & set(overrides)
+    if clash:
+        raise ValueError(f"{sorted(clash)} swept by {space.source} and also set on the command line")
+    files = [os.path.abspath(f) for f in config_file_list or []] or None
+    base = _absolute_paths({**space.fixed, **overrides})
+
+    # Fail fast on the driver (unknown model/method/data set, broken YAML) before Ray starts.
+    with isolated_argv():
+        config = build_config(model, dataset, method, files, base)
+    metric = "valid_" + config["valid_metric"].lower()
+    mode = "max" if config["valid_metric_bigger"] else "min"
+    unknown = [k for k in space.params if k not in config.final_config_dict]
+    if unknown:
+        _say(f"warning: swept key(s) {unknown} are set by no YAML layer of {model}/{method}; "
+             "check the spelling (the model may ignore them)")
+    num_samples = num_samples or space.default_num_samples()
+    n_trials = space.grid_size * num_samples
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path(out_dir) if out_dir else Path(DEFAULT_RESULTS_DIR) / f"{dataset}-{model}-{method}-{stamp}"
+    out = out.resolve()
+    _say(f"{n_trials} trial(s) of {model}/{method} on {dataset} from {space.source}; "
+         f"selecting on {metric} ({mode}); {cpus_per_trial} CPU(s) per trial; output {out}")
+
+    setup = {"model": model, "dataset": dataset, "method": method, "config_file_list": files,
+             "base": base, "cpus_per_trial": cpus_per_trial}
+    trainable = ray_tune.with_resources(ray_tune.with_parameters(genair_trial, setup=setup),
+                                        {"cpu": cpus_per_trial})
+    started = _init_ray(ray_address, num_cpus)
+    try:
+        tuner = ray_tune.Tuner(
+            trainable, param_space=space.ray_space(),
+            tune_config=ray_tune.TuneConfig(
+                metric=metric, mode=mode, num_samples=num_samples, max_concurrent_trials=max_concurrent,
+                scheduler=_scheduler(space.scheduler, int(config["epochs"])),
+                reuse_actors=False, trial_dirname_creator=_trial_dirname),
+            run_config=air.RunConfig(name=out.name, storage_path=str(out.parent),
+                                     failure_config=air.FailureConfig(max_failures=0), verbose=1))
+        result_grid = tuner.fit()
+    finally:
+        if started:
+            ray.shutdown()
+
+    trials, history = collect_trials(result_grid, space, metric, mode)
+    best_trial = next((t for t in trials if t["status"] == "ok"), None)
+    commands, best = {}, None
+    if best_trial is not None:
+        best_params = {k.removeprefix("param/"): v for k, v in best_trial.items() if k.startswith("param/")}
+        commands = {"trial": reproduce_command(model, dataset, method, files, {**base, **best_params}),
+                    "protocol": reproduce_command(model, dataset, method, files,
+                                                  {**_absolute_paths(overrides), **best_params})}
+        best = {"trial_id": best_trial["trial_id"], "params": best_params, metric: best_trial[metric],
+                "best_epoch": best_trial.get("best_epoch")}
+        if evaluate_best:
+            best.update(_final_evaluation(best_trial, setup, best_params, out))
+    report = SweepReport(out_dir=out, metric=metric, mode=mode, trials=trials, history=history,
+                         best=best, commands=commands)
+    header = (f"# Sweep: {model} / {method} on {dataset}\n\n{len(trials)} trial(s), "
+              f"{len(report.failed)} failed; search space {space.source}")
+    write_report(report, header)
+    _say(f"{len(trials) - len(report.failed)} trial(s) finished, {len(report.failed)} failed; "
+         f"wrote {out / 'summary.md'} and {out / 'trials.csv'}")
+    if best:
+        _say(f"best {best['trial_id']}: {best['params']} {metric}={best[metric]:.4f}; "
+             f"test {best.get('test_result', {})}")
+    return report
+
+
+@contextlib.contextmanager
+def _working_directory(path: Path):
+    """RecBole writes ``./log/`` and ``./log_tensorboard/``; keep the driver's inside ``path``."""
+    path.mkdir(parents=True, exist_ok=True)
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def _final_evaluation(best_trial: dict, setup: dict, best_params: dict, out: Path) -> dict:
+    """Test metrics of the best trial: its checkpoint if visible here, else a re-run."""
+    with _working_directory(out / "best"):
+        return _evaluate_best(best_trial, setup, best_params, out)
+
+
+def _evaluate_best(best_trial: dict, setup: dict, best_params: dict, out: Path) -> dict:
+    model_file = best_trial.get("saved_model_file")
+    try:
+        if model_file and os.path.isfile(model_file):
+            _say(f"evaluating the best trial's checkpoint {model_file} on valid and test")
+            return evaluate_checkpoint(model_file)
+        from recbole_genair.quick_start import run
+        _say("best trial's checkpoint is not on this machine; re-running its configuration")
+        config_dict = {**setup["base"], **best_params, "checkpoint_dir": str(out / "best" / "saved")}
+        with isolated_argv():
+            result = run(setup["model"], setup["dataset"], setup["method"], setup["config_file_list"],
+                         config_dict, saved=True)
+        return {"valid_result": result["best_valid_result"], "test_result": result["test_result"],
+                "source": "re-run of the best configuration"}
+    except Exception as exc:  # the sweep's results are still written; the failure is shown
+        _say(f"final evaluation failed: {type(exc).__name__}: {exc}")
+        return {"final_error": f"{type(exc).__name__}: {exc}"}
+
+
+__all__ = ["SearchSpace", "SweepReport", "parse_search_space", "load_search_space", "tune",
+           "genair_trial", "collect_trials", "write_report", "evaluate_checkpoint"]

@@ -1,0 +1,157 @@
+"""Table 2 runner: layout, bold best, improvement and t-test, resuming, and one real cell."""
+from __future__ import annotations
+
+import csv
+import json
+import sys
+
+import pytest
+from scipy.stats import ttest_ind
+
+import recbole_genair.experiments as experiments
+from recbole_genair.experiments import ResultStore, main, run_experiments
+
+# (model, method) -> HR@10 level; NDCG@10 is half of it.  GenAIR wins on SASRec, LLMInit on GRU4Rec.
+LEVEL = {("SASRec", "base"): 0.30, ("SASRec", "llminit"): 0.32, ("SASRec", "genair"): 0.36,
+         ("GRU4Rec", "base"): 0.25, ("GRU4Rec", "llminit"): 0.31, ("GRU4Rec", "genair"): 0.29}
+JITTER = {0: 0.0, 1: 0.01, 2: -0.005, 3: 0.004}
+
+
+class FakeRun:
+    """Deterministic stand-in for ``quick_start.run`` that counts its calls."""
+
+    def __init__(self, fail=()):
+        self.calls = []
+        self.fail = set(fail)
+
+    def __call__(self, model, dataset, method, config_file_list=None, config_dict=None, saved=True,
+                 callback=None):
+        seed = config_dict["seed"]
+        self.calls.append((model, method, seed, dict(config_dict), list(sys.argv)))
+        if (model, method, seed) in self.fail:
+            raise RuntimeError(f"boom {model} {method}")
+        hit = LEVEL[(model, method)] + JITTER[seed % 4]
+        return {"model": model, "method": method, "dataset": dataset, "best_valid_score": hit / 2,
+                "valid_score_bigger": True, "best_valid_result": {"hit@10": hit, "ndcg@10": hit / 2},
+                "test_result": {"hit@10": hit, "ndcg@10": hit / 2, "hit@5": hit / 3},
+                "saved_model_file": "x.pth", "protocol": "100 fixed sampled negatives per user"}
+
+
+@pytest.fixture()
+def fake(monkeypatch):
+    fake_run = FakeRun()
+    monkeypatch.setattr(experiments, "run", fake_run)
+    monkeypatch.setattr(experiments, "model_class", lambda model, method: None)  # 'llminit' is fake
+    return fake_run
+
+
+def grid(out, **kwargs):
+    args = dict(dataset="toy", models=["SASRec", "GRU4Rec"], methods=["base", "llminit", "genair"],
+                seeds=3, overrides={"seed": 100, "epochs": 5}, out=out)
+    args.update(kwargs)
+    return run_experiments(**args)
+
+
+def test_table_layout_bold_best_improvement_and_ttest(fake, tmp_path):
+    outcome = grid(tmp_path)
+    assert len(fake.calls) == 2 * 3 * 3 and outcome.ran == 18 and not outcome.failures
+    assert sorted({c[2] for c in fake.calls}) == [100, 101, 102]  # seed = base seed + k
+    assert all(argv == sys.argv[:1] for *_, argv in fake.calls)   # RecBole sees no stray argv
+    assert all(c[3]["epochs"] == 5 and c[3]["checkpoint_dir"].endswith("saved") for c in fake.calls)
+
+    lines = (tmp_path / "table2.md").read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| Backbone"))
+    assert header.split(" | ")[:5] == ["| Backbone", "Metric", "base", "llminit", "genair"]
+    body = [line for line in lines if line.startswith("| SASRec") or line.startswith("| GRU4Rec")]
+    assert [line.split(" | ")[:2] for line in body] == [
+        ["| SASRec", "HR@10"], ["| SASRec", "NDCG@10"], ["| GRU4Rec", "HR@10"], ["| GRU4Rec", "NDCG@10"]]
+
+    def cells(line):
+        return [c.strip() for c in line.strip("|").split("|")]
+
+    sas_hr = cells(body[0])
+    hits = {m: [LEVEL[("SASRec", m)] + JITTER[s % 4] for s in (100, 101, 102)] for m in ("llminit", "genair")}
+    mean = sum(hits["genair"]) / 3
+    assert sas_hr[4].startswith(f"**{mean:.4f} ± ") and sas_hr[4].endswith("**")   # GenAIR best, bold
+    assert "**" not in sas_hr[2] + sas_hr[3]
+    gain = (mean / (sum(hits["llminit"]) / 3) - 1) * 100
+    assert sas_hr[5] == f"{gain:+.2f}% vs llminit"
+    p = ttest_ind(hits["genair"], hits["llminit"]).pvalue
+    assert sas_hr[6] == (f"{p:.2e}" if p < 1e-3 else f"{p:.3f}")
+    gru_hr = cells(body[2])
+    assert gru_hr[3].startswith("**") and gru_hr[5].startswith("-")              # baseline best on GRU4Rec
+
+    with open(tmp_path / "table2.csv", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["backbone"], r["metric"]) for r in rows] == [
+        ("SASRec", "hit@10"), ("SASRec", "ndcg@10"), ("GRU4Rec", "hit@10"), ("GRU4Rec", "ndcg@10")]
+    assert rows[0]["best"] == "genair" and rows[0]["best_baseline"] == "llminit"
+    assert float(rows[0]["p_value"]) == pytest.approx(p) and float(rows[0]["genair_n"]) == 3
+    assert float(rows[0]["genair_mean"]) == pytest.approx(mean)
+    with open(tmp_path / "runs.csv", encoding="utf-8") as fh:
+        runs = list(csv.DictReader(fh))
+    assert len(runs) == 18 and "test_hit@10" in runs[0] and "valid_ndcg@10" in runs[0]
+
+
+def test_second_invocation_reruns_nothing_and_new_cells_only(fake, tmp_path):
+    grid(tmp_path)
+    assert len(fake.calls) == 18
+    before = (tmp_path / "table2.md").read_text()
+    again = grid(tmp_path)
+    assert len(fake.calls) == 18 and again.ran == 0 and len(again.records) == 18
+    assert (tmp_path / "table2.md").read_text() == before
+    grid(tmp_path, seeds=4)                                      # one more seed: only its 6 cells
+    assert len(fake.calls) == 24 and {c[2] for c in fake.calls[18:]} == {103}
+    grid(tmp_path, overrides={"seed": 100, "epochs": 5, "show_progress": False})  # not result-relevant
+    assert len(fake.calls) == 24
+    grid(tmp_path, overrides={"seed": 100, "epochs": 6}, models=["SASRec"], seeds=1)  # new config hash
+    assert len(fake.calls) == 27
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 27 and len({json.loads(line)["config_hash"] for line in lines}) == 2
+
+
+def test_failed_cell_is_reported_not_stored_and_retried(monkeypatch, tmp_path):
+    flaky = FakeRun(fail={("SASRec", "genair", 100)})
+    monkeypatch.setattr(experiments, "run", flaky)
+    outcome = run_experiments("toy", models=["SASRec"], methods=["base", "genair"], seeds=2,
+                              overrides={"seed": 100}, out=tmp_path)
+    assert outcome.ran == 3 and [f["method"] for f in outcome.failures] == ["genair"]
+    assert "boom SASRec genair" in (tmp_path / "table2.md").read_text()
+    assert len(ResultStore(tmp_path / "results.jsonl").load()) == 3
+    flaky.fail.clear()
+    again = run_experiments("toy", models=["SASRec"], methods=["base", "genair"], seeds=2,
+                            overrides={"seed": 100}, out=tmp_path)
+    assert again.ran == 1 and not again.failures and len(flaky.calls) == 5
+
+
+def test_truncated_last_line_is_ignored(tmp_path):
+    store = ResultStore(tmp_path / "results.jsonl")
+    store.append({"dataset": "d", "model": "SASRec", "method": "base", "seed": 1, "config_hash": "h"})
+    with open(store.path, "a", encoding="utf-8") as fh:
+        fh.write('{"dataset": "d", "mod')
+    assert list(store.load()) == [("d", "SASRec", "base", 1, "h")]
+
+
+def test_cli_passes_recbole_settings_and_full_ranking(fake, tmp_path):
+    code = main(["--dataset=toy", "--methods=base,genair", "--models=SASRec", "--seeds=2",
+                 f"--out={tmp_path}", "--seed=7", "--eval_negatives=0", "--epochs=3"])
+    assert code == 0
+    assert [(c[1], c[2]) for c in fake.calls] == [("base", 7), ("genair", 7), ("base", 8), ("genair", 8)]
+    assert all(c[3]["eval_negatives"] == 0 and c[3]["epochs"] == 3 and "methods" not in c[3]
+               for c in fake.calls)
+    with pytest.raises(SystemExit):
+        main(["--dataset=toy", "stray"])
+
+
+def test_one_real_cell(fast_config, tmp_path):
+    """base SASRec, 1 epoch, on the shrunken ml-100k: the wiring to quick_start.run."""
+    outcome = run_experiments("ml-100k", models=["SASRec"], methods=["base"], seeds=1,
+                              overrides=fast_config, out=tmp_path)
+    assert outcome.ran == 1 and not outcome.failures
+    (record,) = outcome.records
+    assert record["seed"] == 2020  # properties/overall.yaml's seed, k = 0
+    assert 0 < record["test_result"]["ndcg@10"] <= record["test_result"]["hit@10"] <= 1
+    assert record["protocol"] == "100 fixed sampled negatives per user"
+    assert "| SASRec | HR@10 | **" in (tmp_path / "table2.md").read_text()
+    assert run_experiments("ml-100k", models=["SASRec"], methods=["base"], seeds=1,
+                           overrides=fast_config, out=tmp_path).ran == 0

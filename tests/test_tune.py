@@ -1,0 +1,91 @@
+"""Ray Tune sweeps: search-space parsing, validation-only selection, failed trials reported."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from recbole_genair.experiments import command_line_overrides, isolated_argv
+from recbole_genair.paths import PROPERTIES_DIR
+from recbole_genair.quick_start import build_config
+from recbole_genair.tune import (RUNNER_OPTIONS, load_search_space, parse_search_space,
+                                 reproduce_command, tune)
+
+
+def test_search_space_format_and_errors():
+    space = parse_search_space({"a": {"grid": [1, 2, 3]}, "b": {"grid": ["x", "y"]},
+                                "lr": {"loguniform": [1e-4, 1e-2]}, "fixed": {"epochs": 5},
+                                "scheduler": {"type": "fifo"}})
+    assert space.grid_size == 6 and space.default_num_samples() == 1
+    assert space.fixed == {"epochs": 5} and space.scheduler == {"type": "fifo"}
+    assert parse_search_space({"lr": {"uniform": [0, 1]}}).default_num_samples() == 10
+    for bad, message in [({"a": [1, 2]}, "must be one of"), ({"a": {"grid": []}}, "non-empty"),
+                         ({"a": {"loguniform": [0, 1]}}, "lo > 0"), ({"a": {"uniform": [2, 1]}}, "lo < hi"),
+                         ({"a": {"grid": [1]}, "fixed": {"a": 2}}, "both swept and fixed"),
+                         ({"scheduler": {"kind": "asha"}}, "unknown scheduler")]:
+        with pytest.raises(ValueError, match=message):
+            parse_search_space(bad)
+
+
+def test_shipped_search_spaces_sweep_known_keys_and_genair_is_the_paper_grid(data_root):
+    for method in ("genair", "base", "llminit", "rlmrec", "alphafuse", "llmesr", "llmemb"):
+        space = load_search_space(PROPERTIES_DIR / "tune" / f"{method}.yaml")
+        with isolated_argv():
+            config = build_config("SASRec", "ml-100k", method, config_dict={"data_path": str(data_root)})
+        assert [k for k in space.params if k not in config.final_config_dict] == [], method
+    genair = load_search_space(PROPERTIES_DIR / "tune" / "genair.yaml")
+    assert genair.params["calibration_alpha"] == ("grid", [1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 1e-1])
+    assert genair.params["calibration_gamma"] == ("grid", [0, 1, 2, 3, 4, 5])
+    assert genair.grid_size == 42
+
+
+def test_command_line_overrides_skip_runner_options_and_convert_values():
+    argv = ["--tune", "--model=SASRec", "--method=genair", "--search_space=s.yaml", "--epochs=5",
+            "--learning_rate=0.01", "--genair_features=['prefill']", "--loss_type=CE", "-m", "x"]
+    assert command_line_overrides(argv, exclude=RUNNER_OPTIONS) == {
+        "epochs": 5, "learning_rate": 0.01, "genair_features": ["prefill"], "loss_type": "CE"}
+    command = reproduce_command("SASRec", "ml-100k", "base", None,
+                                {"epochs": 5, "genair_features": ["prefill"], "checkpoint_dir": "/x"})
+    assert "--epochs=5" in command and "'--genair_features=['\"'\"'prefill'\"'\"']'" in command
+    assert "checkpoint_dir" not in command
+
+
+def test_two_trial_sweep_reports_valid_metrics_and_the_failed_trial(fast_config, tmp_path):
+    """One good trial (2 epochs, a validation report each) and one whose model raises."""
+    overrides = {k: v for k, v in fast_config.items() if k != "epochs"}
+    space = {"loss_type": {"grid": ["CE", "NOPE"]}, "fixed": {"epochs": 2, "eval_step": 1}}  # ASHA
+    report = tune(model="SASRec", dataset="ml-100k", method="base", search_space=space,
+                  overrides=overrides, out_dir=tmp_path / "sweep", max_concurrent=1, num_cpus=2)
+    metric = report.metric
+    assert metric == "valid_ndcg@10" and report.mode == "max"
+    ok, failed = report.trials
+    assert ok["status"] == "ok" and ok["param/loss_type"] == "CE" and ok["rank"] == 1
+    assert failed["status"] == "failed" and failed["param/loss_type"] == "NOPE"
+    assert "loss_type" in failed["error"] and failed["error_file"].endswith("error.txt")
+    assert failed.get(metric) is None  # never a score of 0
+
+    # Validation metrics every epoch; nothing a trial reports is a test metric.
+    ok_history = [h for h in report.history if h["trial_id"] == ok["trial_id"]]
+    assert [h["training_iteration"] for h in ok_history] == [1, 2]
+    assert all(0 <= h[metric] <= 1 and "valid_hit@10" in h for h in ok_history)
+    assert not any(k.startswith("test") for h in report.history for k in h)
+    assert ok[metric] == max(h[metric] for h in ok_history)
+
+    # Test metrics exist only for the best trial, evaluated after the sweep from its checkpoint.
+    best = report.best
+    assert best["trial_id"] == ok["trial_id"] and best["params"] == {"loss_type": "CE"}
+    assert best["source"].startswith("checkpoint ")
+    assert set(best["test_result"]) >= {"hit@10", "ndcg@10"}
+    assert best["valid_result"]["ndcg@10"] == pytest.approx(ok[metric], abs=1e-4)
+    assert "--loss_type=CE" in report.commands["trial"] and "--epochs=2" in report.commands["trial"]
+    assert "--epochs=2" not in report.commands["protocol"]
+
+    out = report.out_dir
+    with open(out / "trials.csv", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["status"] for r in rows] == ["ok", "failed"] and "loss_type" in rows[1]["error"]
+    assert not any(c.startswith("test") for c in rows[0])
+    summary = (out / "summary.md").read_text(encoding="utf-8")
+    assert "## Failed trials" in summary and "python run_recbole_genair.py" in summary
+    assert json.loads((out / "best.json").read_text())["best"]["trial_id"] == ok["trial_id"]
