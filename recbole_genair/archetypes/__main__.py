@@ -14,7 +14,7 @@ import sys
 
 from recbole_genair.archetypes.llm import DEFAULT_LLM
 from recbole_genair.archetypes.pipeline import (ArchetypeError, ArchetypeJob, GenerationSettings,
-                                                rebuild_from_texts, run)
+                                                export_texts, rebuild_from_texts, run)
 
 
 def _pca(value: str) -> float:
@@ -45,6 +45,8 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="only the first N items (smoke test)")
     parser.add_argument("--from-texts", dest="from_texts", action="store_true",
                         help="rebuild embeddings from the committed archetype texts (no generation)")
+    parser.add_argument("--export-texts", dest="export_texts", action="store_true",
+                        help="write the texts generated so far (to commit an unfinished run)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     import torch
@@ -57,7 +59,10 @@ def main(argv=None) -> int:
                                                      do_sample=args.do_sample, temperature=args.temperature,
                                                      top_p=args.top_p, seed=args.seed, dtype=dtype))
     try:
-        summary = rebuild_from_texts(job) if args.from_texts else run(job)
+        if args.export_texts:
+            summary = export_texts(job)
+        else:
+            summary = rebuild_from_texts(job) if args.from_texts else run(job)
     except (ArchetypeError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from recbole_genair.archetypes.extract import generate_and_embed, teacher_forced
 from recbole_genair.archetypes.llm import DEFAULT_LLM, LoadedLLM, encode_prompts, load_llm
 from recbole_genair.archetypes.prompt import PromptSpec, build_prompt, check_fields, read_item_file
-from recbole_genair.archetypes.store import ShardStore, atomic_write_text, make_shard
+from recbole_genair.archetypes.store import ShardStore, atomic_write_text, make_shard, settings_key
 from recbole_genair.paths import DATASET_DIR, dataset_properties
 
 logger = logging.getLogger(__name__)
@@ -187,6 +187,7 @@ def run(job: ArchetypeJob) -> dict:
     cache_root = job.data_dir / "archetypes" / "cache"
     store = ShardStore(cache_root, settings)
     done = store.done_tokens()
+    done |= seed_from_texts(job, store, tokens, prompt_ids, llm, done)
     batches = plan_batches(tokens, prompt_ids, job.batch_size)
     tasks = []
     for b, rows in enumerate(batches):
@@ -239,7 +240,9 @@ def texts_path(data_dir: Path, dataset: str) -> Path:
     return data_dir / "archetypes" / f"{dataset}.archetypes.jsonl"
 
 
-def write_texts(job: ArchetypeJob, tokens, rows, llm: LoadedLLM, settings: dict) -> None:
+def write_texts(job: ArchetypeJob, tokens, rows, llm: LoadedLLM, settings: dict,
+                complete: bool = True) -> None:
+    """The archetype texts and generated ids (all items, or the finished part when exporting)."""
     lines = []
     for token, (_, _, n_prompt, gen, stopped) in zip(tokens, rows):
         text = llm.tokenizer.decode([g for g in gen if g not in llm.stop_ids], skip_special_tokens=True)
@@ -248,9 +251,60 @@ def write_texts(job: ArchetypeJob, tokens, rows, llm: LoadedLLM, settings: dict)
     path = texts_path(job.data_dir, job.dataset)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, "\n".join(lines) + "\n")
-    meta = {"dataset": job.dataset, "settings": settings, "items": len(tokens)}
+    meta = {"dataset": job.dataset, "settings": settings, "key": settings_key(settings),
+            "items": len(tokens), "complete": complete}
     atomic_write_text(path.with_name(f"{job.dataset}.archetypes.meta.json"),
                       json.dumps(meta, indent=2, sort_keys=True, default=str))
+
+
+def export_texts(job: ArchetypeJob) -> dict:
+    """Write the texts of the items generated so far (to commit a run that is not finished).
+
+    A later ``run`` with the same settings picks them up (:func:`seed_from_texts`), so the
+    expensive generation survives a fresh checkout.
+    """
+    spec = prompt_spec_for(job.dataset)
+    tokens, _ = load_prompts(job, spec)
+    _init_worker(job.llm, job.device, job.generation.dtype, job.threads)
+    llm: LoadedLLM = _WORKER["llm"]
+    settings = job_settings(job, llm, spec)
+    store = ShardStore(job.data_dir / "archetypes" / "cache", settings)
+    results, _ = store.collect()
+    done = [t for t in tokens if t in results]
+    write_texts(job, done, [results[t] for t in done], llm, settings, complete=len(done) == len(tokens))
+    return {"exported": len(done), "items": len(tokens), "texts": str(texts_path(job.data_dir, job.dataset))}
+
+
+def seed_from_texts(job: ArchetypeJob, store: ShardStore, tokens, prompt_ids, llm: LoadedLLM,
+                    done: set) -> set:
+    """Fill the cache from a texts file made with the same settings (teacher forcing, no generation)."""
+    path = texts_path(job.data_dir, job.dataset)
+    meta_path = path.with_name(f"{job.dataset}.archetypes.meta.json")
+    if not (path.is_file() and meta_path.is_file()):
+        return set()
+    if json.loads(meta_path.read_text()).get("key") != store.key:
+        logger.info("%s was made with other settings: not reused", path)
+        return set()
+    index = {t: i for i, t in enumerate(tokens)}
+    records = {}
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            rec = json.loads(line)
+            i = index.get(rec["item_id"])
+            if i is not None and rec["item_id"] not in done and rec["n_prompt"] == len(prompt_ids[i]):
+                records[rec["item_id"]] = rec
+    if not records:
+        return set()
+    todo = [index[t] for t in records]
+    chunks = [todo[s:s + job.batch_size] for s in range(0, len(todo), job.batch_size)]
+    for n, rows in enumerate(tqdm(chunks, desc="archetypes from committed texts", unit="batch")):
+        gen = [records[tokens[i]]["generated_ids"] for i in rows]
+        pre, dec = teacher_forced(llm.model, [prompt_ids[i] for i in rows], gen, llm.pad_id)
+        shard = make_shard([tokens[i] for i in rows], pre.numpy(), dec.numpy(),
+                           [len(prompt_ids[i]) for i in rows], gen,
+                           [records[tokens[i]]["stopped"] for i in rows])
+        store.write(f"t{n:06d}", shard)
+    return set(records)
 
 
 def reduce_pca(matrix: np.ndarray, pca: float, seed: int = 0) -> tuple[np.ndarray, dict]:

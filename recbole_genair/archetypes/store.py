@@ -69,10 +69,10 @@ class ShardStore:
             atomic_write_text(meta, json.dumps({"key": self.key, "settings": settings}, indent=2,
                                                sort_keys=True, default=str))
 
-    def shard_path(self, batch: int) -> Path:
-        return self.dir / f"batch_{batch:06d}.npz"
+    def shard_path(self, batch: int | str) -> Path:
+        return self.dir / (f"batch_{batch:06d}.npz" if isinstance(batch, int) else f"batch_{batch}.npz")
 
-    def write(self, batch: int, shard: Shard) -> Path:
+    def write(self, batch: int | str, shard: Shard) -> Path:
         path = self.shard_path(batch)
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         with open(tmp, "wb") as fh:
