@@ -16,6 +16,11 @@ BACKBONES = ("SASRec", "GRU4Rec", "BERT4Rec")
 METHOD_MODULES: Dict[str, str] = {
     "base": "",
     "genair": "recbole_genair.model.genair",
+    "llminit": "recbole_genair.model.baselines.llminit",
+    "rlmrec": "recbole_genair.model.baselines.rlmrec",
+    "alphafuse": "recbole_genair.model.baselines.alphafuse",
+    "llmesr": "recbole_genair.model.baselines.llmesr",
+    "llmemb": "recbole_genair.model.baselines.llmemb",
 }
 
 

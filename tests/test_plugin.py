@@ -39,7 +39,8 @@ def test_config_layers_parent_defaults_plugin_yaml_and_overrides(data_root):
     assert genair["eval_args"]["split"] == {"LS": "valid_and_test"}
     assert genair["backbone"] == "BERT4Rec" and genair["method"] == "genair"
     base = Config(model="SASRec", dataset="ml-100k", config_dict={"data_path": str(data_root)})
-    assert base["n_layers"] == 2 and base["train_batch_size"] == 128
+    assert base["n_layers"] == 2 and base["hidden_size"] == 128
+    assert base["train_batch_size"] == 256  # properties/dataset/ml-100k.yaml over overall.yaml (128)
     assert base["data_path"] == str(data_root / "ml-100k")  # not RecBole's bundled copy
 
 
