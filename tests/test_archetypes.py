@@ -158,8 +158,8 @@ def test_pipeline_writes_texts_features_and_records_settings(reference_run):
     assert "What potential users align best" in meta["settings"]["prompt"]["tail"]
 
 
-def test_interrupted_run_resumes_to_byte_identical_features(reference_run, tmp_path, monkeypatch):
-    root = _small_dataset(tmp_path)
+def _interrupt_at_second_batch(monkeypatch, root: Path):
+    """Run the job and kill it while its second batch is in flight; returns the real worker."""
     real = pipeline._run_batch
     calls = {"n": 0}
 
@@ -172,6 +172,12 @@ def test_interrupted_run_resumes_to_byte_identical_features(reference_run, tmp_p
     monkeypatch.setattr(pipeline, "_run_batch", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
         pipeline.run(_job(root))
+    return real
+
+
+def test_interrupted_run_resumes_to_byte_identical_features(reference_run, tmp_path, monkeypatch):
+    root = _small_dataset(tmp_path)
+    real = _interrupt_at_second_batch(monkeypatch, root)
     assert not (root / "ml-100k" / "ml-100k.archetype").exists()
     shards = list((root / "ml-100k" / "archetypes" / "cache").glob("*/batch_*.npz"))
     assert len(shards) == 1  # the finished batch was committed
@@ -206,18 +212,7 @@ def test_features_follow_item_tokens_not_rows(reference_run, tmp_path):
 
 def test_exported_texts_let_a_fresh_checkout_resume_without_regenerating(reference_run, tmp_path, monkeypatch):
     root = _small_dataset(tmp_path)
-    real = pipeline._run_batch
-    calls = {"n": 0}
-
-    def crash_on_second(task):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt("simulated end of session")
-        return real(task)
-
-    monkeypatch.setattr(pipeline, "_run_batch", crash_on_second)
-    with pytest.raises(KeyboardInterrupt):
-        pipeline.run(_job(root))
+    real = _interrupt_at_second_batch(monkeypatch, root)
     monkeypatch.setattr(pipeline, "_run_batch", real)
     assert pipeline.export_texts(_job(root))["exported"] == 2
     shutil.rmtree(root / "ml-100k" / "archetypes" / "cache")  # a fresh clone has only the texts

@@ -17,7 +17,7 @@ their own ``forward``/``calculate_loss``/``predict``/``full_sort_predict`` uncha
 from __future__ import annotations
 
 import contextlib
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 from torch import nn
@@ -40,7 +40,63 @@ def make_projector(in_dim: int, out_dim: int, layers: int = 2, width: Optional[i
     return nn.Sequential(*mods)
 
 
-class ArchetypeItemEmbedding(nn.Module):
+class CachedTable(nn.Module):
+    """An ``nn.Embedding`` look-alike whose table :meth:`compute_table` derives from parameters.
+
+    ``.weight`` is the whole table and calling the module looks rows up; inside
+    :meth:`step` the table is computed once and shared; in eval mode without grad it is
+    cached until a parameter or buffer changes (optimizer step, ``load_state_dict``) or the
+    module goes back to training.  GenAIR's table and the baselines' tables derive from it.
+    """
+
+    num_embeddings: int
+    embedding_dim: int
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._step_table: Optional[torch.Tensor] = None
+        self._eval_table: Optional[torch.Tensor] = None
+        self._eval_key: Optional[tuple] = None
+
+    def compute_table(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _state_key(self) -> tuple:
+        return tuple((t.data_ptr(), t._version) for t in (*self.parameters(), *self.buffers()))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        if self._step_table is not None:
+            return self._step_table
+        if self.training or torch.is_grad_enabled():
+            return self.compute_table()
+        key = self._state_key()
+        if self._eval_table is None or self._eval_key != key:
+            self._eval_table, self._eval_key = self.compute_table(), key
+        return self._eval_table
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.weight[ids]
+
+    @contextlib.contextmanager
+    def step(self) -> Iterator[torch.Tensor]:
+        """Compute the table once for one training step and share it inside the block."""
+        self._step_table = self.compute_table()
+        try:
+            yield self._step_table
+        finally:
+            self._step_table = None
+
+    def train(self, mode: bool = True):
+        self._eval_table, self._eval_key = None, None
+        return super().train(mode)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._eval_table, self._eval_key = None, None
+        super()._load_from_state_dict(*args, **kwargs)
+
+
+class ArchetypeItemEmbedding(CachedTable):
     """Frozen features → MLP projector, used like ``nn.Embedding``."""
 
     def __init__(self, features: torch.Tensor, embedding_dim: int, n_extra: int = 0, layers: int = 2,
@@ -59,9 +115,6 @@ class ArchetypeItemEmbedding(nn.Module):
         row_mask = torch.ones(self.num_items, 1)
         row_mask[0] = 0.0
         self.register_buffer("row_mask", row_mask, persistent=False)
-        self._step_table: Optional[torch.Tensor] = None
-        self._eval_table: Optional[torch.Tensor] = None
-        self._eval_key: Optional[tuple] = None
 
     @staticmethod
     def _fingerprint(features: torch.Tensor) -> torch.Tensor:
@@ -79,36 +132,7 @@ class ArchetypeItemEmbedding(nn.Module):
             table = torch.cat([table, self.extra], dim=0)
         return table
 
-    def _param_key(self) -> tuple:
-        return tuple((p.data_ptr(), p._version) for p in self.parameters())
-
-    @property
-    def weight(self) -> torch.Tensor:
-        if self._step_table is not None:
-            return self._step_table
-        if self.training or torch.is_grad_enabled():
-            return self.project()
-        key = self._param_key()
-        if self._eval_table is None or self._eval_key != key:
-            self._eval_table = self.project()
-            self._eval_key = key
-        return self._eval_table
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.weight[ids]
-
-    @contextlib.contextmanager
-    def step(self):
-        """Project the table once for one training step and share it inside the block."""
-        self._step_table = self.project()
-        try:
-            yield self._step_table
-        finally:
-            self._step_table = None
-
-    def train(self, mode: bool = True):
-        self._eval_table, self._eval_key = None, None
-        return super().train(mode)
+    compute_table = project
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
@@ -117,6 +141,5 @@ class ArchetypeItemEmbedding(nn.Module):
                                                     rtol=1e-6, atol=1e-3):
             error_msgs.append(f"{key}: the checkpoint was trained on other archetype features "
                               f"({state_dict[key].tolist()} vs {self.feature_fingerprint.tolist()})")
-        self._eval_table, self._eval_key = None, None
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)

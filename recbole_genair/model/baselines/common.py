@@ -33,7 +33,7 @@ from recbole.model.sequential_recommender import BERT4Rec, GRU4Rec, SASRec
 from torch import nn
 
 from recbole_genair.data.dataset import ArchetypeDataset
-from recbole_genair.model.layers import ArchetypeItemEmbedding
+from recbole_genair.model.layers import ArchetypeItemEmbedding, CachedTable  # noqa: F401 (re-exported)
 
 BACKBONE_CLASSES = (SASRec, GRU4Rec, BERT4Rec)
 
@@ -130,62 +130,6 @@ def adapted_llm_table(features: torch.Tensor, original: nn.Embedding) -> Archety
                                    n_extra=original.num_embeddings - features.shape[0], layers=1)
     table.projector = llm_adapter(features.shape[1], original.embedding_dim)
     return table
-
-
-class CachedTable(nn.Module):
-    """An ``nn.Embedding`` look-alike whose table :meth:`compute_table` derives from parameters.
-
-    Same contract as :class:`ArchetypeItemEmbedding`: ``.weight`` is the whole table and
-    calling the module looks rows up; inside :meth:`step` the table is computed once and
-    shared; in eval mode without grad it is cached until a parameter or buffer changes
-    (optimizer step, ``load_state_dict``) or the module goes back to training.
-    """
-
-    num_embeddings: int
-    embedding_dim: int
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._step_table: Optional[torch.Tensor] = None
-        self._eval_table: Optional[torch.Tensor] = None
-        self._eval_key: Optional[tuple] = None
-
-    def compute_table(self) -> torch.Tensor:
-        raise NotImplementedError
-
-    def _state_key(self) -> tuple:
-        return tuple((t.data_ptr(), t._version) for t in (*self.parameters(), *self.buffers()))
-
-    @property
-    def weight(self) -> torch.Tensor:
-        if self._step_table is not None:
-            return self._step_table
-        if self.training or torch.is_grad_enabled():
-            return self.compute_table()
-        key = self._state_key()
-        if self._eval_table is None or self._eval_key != key:
-            self._eval_table, self._eval_key = self.compute_table(), key
-        return self._eval_table
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.weight[ids]
-
-    @contextlib.contextmanager
-    def step(self) -> Iterator[torch.Tensor]:
-        """Compute the table once for one training step and share it inside the block."""
-        self._step_table = self.compute_table()
-        try:
-            yield self._step_table
-        finally:
-            self._step_table = None
-
-    def train(self, mode: bool = True):
-        self._eval_table, self._eval_key = None, None
-        return super().train(mode)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._eval_table, self._eval_key = None, None
-        super()._load_from_state_dict(*args, **kwargs)
 
 
 def table_step(table: nn.Module) -> ContextManager:
