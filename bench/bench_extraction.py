@@ -1,0 +1,348 @@
+"""Benchmark: one-pass archetype extraction (``generate_and_embed``) vs the released code's approach.
+
+Reference (the paper's released code, re-implemented faithfully, bugs included): batches of 16
+prompts in the data set's item order, left padded, through Hugging Face
+``model.generate(input_ids, attention_mask, max_new_tokens=N, do_sample=False,
+output_hidden_states=True, return_dict_in_generate=True)``, then pooled from the returned
+per-step states:
+
+* prefill  = mean of ``hidden_states[0][-1]`` over ALL positions, left padding included (bug);
+* decoding = mean of ``hidden_states[k][-1]`` for k = 1..steps-1, i.e. one state per later
+  step, including the steps a finished row idles through after its stop token (bug).
+
+``hidden_states[k]`` (k >= 1) is the state of generated token k-1 fed back, so the reference's
+decoding mean covers generated tokens 1..n-1 of the batch's longest row (the last generated
+token is never fed); ours (``generate_and_embed``) covers every generated token of the row up
+to and including its stop token.  A "fixed reference" pooling is computed from the SAME
+``generate()`` output with padding and after-stop steps masked out; agreement is checked
+against it on the same token set (see the printed table).
+
+Ours: :func:`recbole_genair.archetypes.extract.generate_and_embed` on the batches of
+:func:`recbole_genair.archetypes.pipeline.plan_batches` (prompt-length sorted), batch 32 (and 16).
+
+Same model (the offline SmolLM2-135M-Instruct GGUF), same prompts (the first ``--items`` ml-100k
+items through ``load_prompts``/``encode_prompts``), same ``max_new_tokens``, greedy, and the same
+stop tokens (``generate`` is given ``eos_token_id=llm.stop_ids`` and ``pad_token_id=llm.pad_id``,
+so both sides stop on exactly the same tokens).  Everything runs in ONE process with
+``torch.set_num_threads(1)``; the methods alternate within each round (the order rotates from
+round to round) and medians over rounds are reported, so load from other processes hits all
+sides alike.  Run from the project root:
+
+    python bench/bench_extraction.py                      # 96 items, 32 new tokens, 3 rounds
+    python bench/bench_extraction.py --quick              # smoke: 32 items, 8 new tokens, 1 round
+    python bench/bench_extraction.py --items 160 --max_new_tokens 64 --rounds 5
+
+Besides ours (32, 16) and the reference, two intermediate variants decompose the gap:
+``ref16 no-hs`` (the same ``generate`` call without ``output_hidden_states``: what keeping
+every layer's states costs) and ``ours16 item-order`` (our loop on the reference's exact
+batches: what ``generate``'s per-step machinery costs).  Forward hooks split each method's
+time into "inside the transformer + LM head" and "outside" (Python/generation overhead).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from recbole_genair.archetypes.extract import generate_and_embed, teacher_forced
+from recbole_genair.archetypes.llm import encode_prompts, load_llm
+from recbole_genair.archetypes.pipeline import ArchetypeJob, load_prompts, plan_batches, prompt_spec_for
+
+REF_BATCH = 16
+
+
+# --- reference -----------------------------------------------------------------------------
+@dataclass
+class RefBatch:
+    rows: List[int]
+    prefill: torch.Tensor         # [B, H] as released: mean over all prompt positions incl. padding
+    decoding: torch.Tensor        # [B, H] as released: mean over hidden_states[1:] incl. after-stop steps
+    prefill_fixed: torch.Tensor   # [B, H] mean over real prompt tokens only
+    decoding_fixed: torch.Tensor  # [B, H] mean over fed generated tokens up to the row's stop token
+    generated: List[List[int]]    # generated ids up to and including the stop token
+    fed: List[int]                # how many generated tokens the fixed pooling covers per row
+    padded: List[bool]            # the row had left padding in its batch
+    idle_steps: List[int]         # after-stop steps the as-released decoding mean includes
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """What ``tokenizer(..., padding=True)`` with ``padding_side='left'`` returns."""
+    length = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), length), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        ids[row, length - len(seq):] = torch.as_tensor(seq)
+        mask[row, length - len(seq):] = 1
+    return ids, mask
+
+
+def reference_generate(model, prompt_ids, max_new_tokens: int, stop_ids, pad_id: int,
+                       hidden_states: bool = True):
+    ids, mask = left_pad(prompt_ids, pad_id)
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                             do_sample=False, output_hidden_states=hidden_states,
+                             return_dict_in_generate=True, eos_token_id=list(stop_ids),
+                             pad_token_id=pad_id)
+    return ids, mask, out
+
+
+def reference_pool(out, mask: torch.Tensor):
+    """The released pooling (bugs included): plain means over the returned states."""
+    hs = out.hidden_states
+    prefill = hs[0][-1].float().mean(dim=1)                    # all positions, left padding too
+    if len(hs) > 1:
+        decoding = torch.cat([h[-1][:, -1:] for h in hs[1:]], dim=1).float().mean(dim=1)
+    else:                                                      # one step only: nothing was fed back
+        decoding = torch.zeros_like(prefill)
+    return prefill, decoding
+
+
+def fixed_pool(out, mask: torch.Tensor, prompt_len: int, stop_ids):
+    """Same states, padding and after-stop steps masked (what the reference meant)."""
+    hs = out.hidden_states
+    maskf = mask.unsqueeze(-1).float()
+    prefill = (hs[0][-1].float() * maskf).sum(1) / maskf.sum(1).clamp(min=1)
+    gen = out.sequences[:, prompt_len:]
+    steps = gen.shape[1]
+    stop = set(int(t) for t in stop_ids)
+    generated, fed = [], []
+    for row in gen.tolist():
+        m = next((k + 1 for k, t in enumerate(row) if t in stop), steps)
+        generated.append(row[:m])
+        fed.append(min(m, steps - 1))                          # the batch's last token is never fed
+    if steps > 1:
+        dec_states = torch.cat([h[-1][:, -1:] for h in hs[1:]], dim=1).float()   # [B, steps-1, H]
+        k = torch.arange(steps - 1).unsqueeze(0)
+        dmask = (k < torch.as_tensor(fed).unsqueeze(1)).unsqueeze(-1).float()
+        decoding = (dec_states * dmask).sum(1) / dmask.sum(1).clamp(min=1)
+    else:
+        decoding = torch.zeros_like(prefill)
+    idle = [steps - 1 - f for f in fed]
+    return prefill, decoding, generated, fed, idle
+
+
+def run_reference(llm, prompt_ids, batches, max_new_tokens: int, keep: bool = True,
+                  hidden_states: bool = True) -> List[RefBatch]:
+    results = []
+    for rows in batches:
+        batch = [prompt_ids[i] for i in rows]
+        ids, mask, out = reference_generate(llm.model, batch, max_new_tokens, llm.stop_ids, llm.pad_id,
+                                            hidden_states=hidden_states)
+        if not hidden_states:
+            continue
+        pre, dec = reference_pool(out, mask)
+        if keep:
+            pre_f, dec_f, gen, fed, idle = fixed_pool(out, mask, ids.shape[1], llm.stop_ids)
+            padded = [len(p) < ids.shape[1] for p in batch]
+            results.append(RefBatch(rows, pre, dec, pre_f, dec_f, gen, fed, padded, idle))
+    return results
+
+
+# --- ours ----------------------------------------------------------------------------------
+def run_ours(llm, prompt_ids, batches, max_new_tokens: int) -> Dict[int, tuple]:
+    results = {}
+    for rows in batches:
+        res = generate_and_embed(llm.model, [prompt_ids[i] for i in rows], max_new_tokens=max_new_tokens,
+                                 stop_ids=llm.stop_ids, pad_id=llm.pad_id)
+        for k, i in enumerate(rows):
+            results[i] = (res.prefill[k], res.decoding[k], res.generated[k], res.stopped[k])
+    return results
+
+
+# --- timing helpers ------------------------------------------------------------------------
+class InsideTimer:
+    """Wall time spent inside the transformer stack and the LM head (forward hooks)."""
+
+    def __init__(self, model):
+        self.total = 0.0
+        self._t0 = None
+        self.handles = []
+        for module in (model.get_decoder(), model.get_output_embeddings()):
+            self.handles.append(module.register_forward_pre_hook(self._pre))
+            self.handles.append(module.register_forward_hook(self._post))
+
+    def _pre(self, *_):
+        self._t0 = time.perf_counter()
+
+    def _post(self, *_):
+        self.total += time.perf_counter() - self._t0
+
+    def reset(self):
+        self.total = 0.0
+
+
+def cos_stats(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    if len(a) == 0:
+        return float("nan"), float("nan")
+    c = F.cosine_similarity(a.double(), b.double(), dim=-1)
+    return c.min().item(), c.mean().item()
+
+
+def waste(prompt_ids, batches, gen_len: Dict[int, int]) -> tuple[float, float]:
+    """Share of padded prompt positions and of decode row-steps after a row stopped."""
+    real = padded = dec_real = dec_all = 0
+    for rows in batches:
+        lens = [len(prompt_ids[i]) for i in rows]
+        real += sum(lens)
+        padded += max(lens) * len(rows)
+        g = [gen_len[i] for i in rows]
+        dec_real += sum(g)
+        dec_all += max(g) * len(rows)
+    return 1 - real / padded, 1 - dec_real / dec_all
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--items", type=int, default=96)
+    parser.add_argument("--max_new_tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="smoke: 32 items, 8 tokens, 1 round")
+    parser.add_argument("--extra_batch", type=int, nargs="*", default=[],
+                        help="also time ours at these (sorted) batch sizes, e.g. --extra_batch 64")
+    parser.add_argument("--no-variants", action="store_true",
+                        help="skip the two decomposition variants (ref16 no-hs, ours16 item-order)")
+    args = parser.parse_args()
+    if args.quick:
+        args.items, args.max_new_tokens, args.rounds = 32, 8, 1
+    torch.set_num_threads(1)
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+
+    llm = load_llm()
+    tokens, prompts = load_prompts(ArchetypeJob(dataset="ml-100k"), prompt_spec_for("ml-100k"))
+    tokens, prompts = tokens[:args.items], prompts[:args.items]
+    prompt_ids = encode_prompts(llm.tokenizer, prompts)
+    n = len(prompt_ids)
+    item_order = [list(range(s, min(s + REF_BATCH, n))) for s in range(0, n, REF_BATCH)]
+    sorted32 = plan_batches(tokens, prompt_ids, 32)
+    sorted16 = plan_batches(tokens, prompt_ids, 16)
+    N = args.max_new_tokens
+    print(f"# {n} ml-100k items, prompts {min(map(len, prompt_ids))}-{max(map(len, prompt_ids))} tokens, "
+          f"max_new_tokens={N}, greedy, stop ids {llm.stop_ids}, pad id {llm.pad_id}, 1 thread, "
+          f"torch {torch.__version__}", flush=True)
+
+    methods: Dict[str, Callable] = {
+        "ours32 sorted": lambda: run_ours(llm, prompt_ids, sorted32, N),
+        "ref16 (released)": lambda: run_reference(llm, prompt_ids, item_order, N, keep=False),
+        "ours16 sorted": lambda: run_ours(llm, prompt_ids, sorted16, N),
+    }
+    extra_batches = {f"ours{b} sorted": plan_batches(tokens, prompt_ids, b) for b in args.extra_batch}
+    for name, b in extra_batches.items():
+        methods[name] = (lambda b=b: run_ours(llm, prompt_ids, b, N))
+    if not args.no_variants:
+        methods["ref16 no-hs"] = lambda: run_reference(llm, prompt_ids, item_order, N, hidden_states=False)
+        methods["ours16 item-order"] = lambda: run_ours(llm, prompt_ids, item_order, N)
+
+    # warm-up (one batch each), then the rounds
+    run_ours(llm, prompt_ids, sorted32[:1], min(N, 4))
+    run_reference(llm, prompt_ids, item_order[:1], min(N, 4), keep=False)
+    timer = InsideTimer(llm.model)
+    times: Dict[str, List[float]] = {k: [] for k in methods}
+    inside: Dict[str, List[float]] = {k: [] for k in methods}
+    names = list(methods)
+    for r in range(args.rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            timer.reset()
+            t0 = time.perf_counter()
+            methods[name]()
+            dt = time.perf_counter() - t0
+            times[name].append(dt)
+            inside[name].append(timer.total)
+            print(f"  round {r + 1}: {name:18s} {dt:7.2f} s  ({n / dt:5.2f} items/s, "
+                  f"{100 * timer.total / dt:4.1f} % inside model)", flush=True)
+    for h in timer.handles:
+        h.remove()
+
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ref = med["ref16 (released)"]
+    print(f"\n## throughput (median of {args.rounds} rounds; ratio = reference time / method time)")
+    print("| method | batches | s | items/s | vs ref16 | inside model s | outside s |")
+    print("|---|---|--:|--:|--:|--:|--:|")
+    for k in names:
+        b = {"ours32 sorted": sorted32, "ours16 sorted": sorted16, **extra_batches}.get(k, item_order)
+        ins = statistics.median(inside[k])
+        print(f"| {k} | {len(b)}×≤{max(map(len, b))} | {med[k]:.2f} | {n / med[k]:.2f} | "
+              f"{ref / med[k]:.2f}x | {ins:.2f} | {med[k] - ins:.2f} |")
+    print(f"\nours32 vs reference: {ref / med['ours32 sorted']:.2f}x  (goal >= 3x: "
+          f"{'met' if ref / med['ours32 sorted'] >= 3 else 'NOT met'});  ours16 vs reference: "
+          f"{ref / med['ours16 sorted']:.2f}x", flush=True)
+
+    # --- where the time goes: prefill vs decoding (ours32 with one new token ~ prefill only) --
+    t0 = time.perf_counter()
+    run_ours(llm, prompt_ids, sorted32, 1)
+    t_pre = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    run_reference(llm, prompt_ids, item_order, 1, keep=False)
+    t_pre_ref = time.perf_counter() - t0
+    print(f"prefill only (max_new_tokens=1, one run each): ours32 {t_pre:.2f} s = "
+          f"{100 * t_pre / med['ours32 sorted']:.0f} % of its total; ref16 {t_pre_ref:.2f} s = "
+          f"{100 * t_pre_ref / ref:.0f} % of its total; decoding {N} tokens: ours32 "
+          f"{med['ours32 sorted'] - t_pre:.2f} s, ref16 {ref - t_pre_ref:.2f} s", flush=True)
+
+    # --- agreement (one more untimed pass of each) -------------------------------------------
+    ours = run_ours(llm, prompt_ids, sorted32, N)
+    refb = run_reference(llm, prompt_ids, item_order, N, keep=True)
+    R = {}
+    for b in refb:
+        for k, i in enumerate(b.rows):
+            R[i] = dict(pre=b.prefill[k], dec=b.decoding[k], pre_f=b.prefill_fixed[k], dec_f=b.decoding_fixed[k],
+                        gen=b.generated[k], fed=b.fed[k], padded=b.padded[k], idle=b.idle_steps[k])
+    rows = list(range(n))
+    same_tokens = [i for i in rows if ours[i][2] == R[i]["gen"]]
+    print(f"\n## agreement (cosine min / mean); generated token sequences identical: "
+          f"{len(same_tokens)}/{n} rows")
+    stack = lambda idx, f: torch.stack([f(i) for i in idx]) if idx else torch.zeros(0, llm.hidden_size)
+    nopad = [i for i in rows if not R[i]["padded"]]
+    pad = [i for i in rows if R[i]["padded"]]
+    print("| comparison | rows | cos min | cos mean | n |")
+    print("|---|---|--:|--:|--:|")
+
+    def line(label, subset, idx, fa, fb):
+        lo, mean = cos_stats(stack(idx, fa), stack(idx, fb))
+        print(f"| {label} | {subset} | {lo:.5f} | {mean:.5f} | {len(idx)} |")
+
+    line("prefill: ours vs reference as released", "no left padding (bug does not bite)", nopad,
+         lambda i: ours[i][0], lambda i: R[i]["pre"])
+    line("prefill: ours vs reference as released", "left padded (bug bites)", pad,
+         lambda i: ours[i][0], lambda i: R[i]["pre"])
+    line("prefill: ours vs fixed reference", "all", rows, lambda i: ours[i][0], lambda i: R[i]["pre_f"])
+    # decoding on the same token set: rows whose stop token was fed back inside generate()
+    same_set = [i for i in same_tokens if R[i]["fed"] == len(ours[i][2])]
+    line("decoding: ours vs fixed reference", "same token set (row stopped before the batch's last step)",
+         same_set, lambda i: ours[i][1], lambda i: R[i]["dec_f"])
+    # ours' pooling recomputed (teacher forcing) on exactly the reference's fed tokens
+    tf_rows = [i for i in rows if R[i]["fed"] > 0]
+    tf = {}
+    for s in range(0, len(tf_rows), 32):
+        chunk = tf_rows[s:s + 32]
+        _, dec = teacher_forced(llm.model, [prompt_ids[i] for i in chunk],
+                                [R[i]["gen"][:R[i]["fed"]] for i in chunk], llm.pad_id)
+        tf.update({i: dec[k] for k, i in enumerate(chunk)})
+    line("decoding: ours teacher-forced on ref's fed tokens vs fixed reference", "all", tf_rows,
+         lambda i: tf[i], lambda i: R[i]["dec_f"])
+    line("decoding: ours as-is vs fixed reference (ours also pools the last token)", "all", rows,
+         lambda i: ours[i][1], lambda i: R[i]["dec_f"])
+    line("decoding: ours vs reference as released", "no after-stop steps (bug does not bite)",
+         [i for i in rows if R[i]["idle"] == 0], lambda i: ours[i][1], lambda i: R[i]["dec"])
+    line("decoding: ours vs reference as released", "with after-stop steps (bug bites)",
+         [i for i in rows if R[i]["idle"] > 0], lambda i: ours[i][1], lambda i: R[i]["dec"])
+
+    gen_len = {i: len(ours[i][2]) for i in rows}
+    for label, b in (("item order, 16", item_order), ("sorted, 16", sorted16), ("sorted, 32", sorted32)):
+        pw, dw = waste(prompt_ids, b, gen_len)
+        print(f"padding waste ({label}): prompt positions {100 * pw:.1f} %, decode row-steps after stop {100 * dw:.1f} %")
+    stopped = sum(1 for i in rows if ours[i][3])
+    print(f"rows stopped by a stop token: {stopped}/{n}; mean generated tokens {statistics.mean(gen_len.values()):.1f}")
+
+
+if __name__ == "__main__":
+    main()
