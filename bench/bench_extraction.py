@@ -31,12 +31,14 @@ sides alike.  Run from the project root:
     python bench/bench_extraction.py                      # 96 items, 32 new tokens, 3 rounds
     python bench/bench_extraction.py --quick              # smoke: 32 items, 8 new tokens, 1 round
     python bench/bench_extraction.py --items 160 --max_new_tokens 64 --rounds 5
+    python bench/bench_extraction.py --max_new_tokens 64 --no-variants --extra_batch 64
 
 Besides ours (32, 16) and the reference, two intermediate variants decompose the gap:
 ``ref16 no-hs`` (the same ``generate`` call without ``output_hidden_states``: what keeping
 every layer's states costs) and ``ours16 item-order`` (our loop on the reference's exact
 batches: what ``generate``'s per-step machinery costs).  Forward hooks split each method's
-time into "inside the transformer + LM head" and "outside" (Python/generation overhead).
+time into "inside the transformer + LM head" and "outside" (Python/generation overhead), and
+one run with ``max_new_tokens=1`` per side gives the prefill share.
 """
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ import logging
 import statistics
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Sequence
 
 import torch
