@@ -6,7 +6,7 @@ builds its subclass of the backbone; the runner never changes when a method is a
 from __future__ import annotations
 
 import importlib
-from typing import Callable, Dict
+from typing import Dict
 
 from recbole_genair.compat import recbole_builtin_model
 

@@ -257,6 +257,19 @@ def write_texts(job: ArchetypeJob, tokens, rows, llm: LoadedLLM, settings: dict,
                       json.dumps(meta, indent=2, sort_keys=True, default=str))
 
 
+def read_texts(path: Path) -> Dict[str, dict]:
+    """``{item token: record}`` of a texts file; a malformed line is an error naming it."""
+    records: Dict[str, dict] = {}
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ArchetypeError(f"{path}:{lineno}: {exc}") from exc
+            records[rec["item_id"]] = rec
+    return records
+
+
 def export_texts(job: ArchetypeJob) -> dict:
     """Write the texts of the items generated so far (to commit a run that is not finished).
 
@@ -286,13 +299,8 @@ def seed_from_texts(job: ArchetypeJob, store: ShardStore, tokens, prompt_ids, ll
         logger.info("%s was made with other settings: not reused", path)
         return set()
     index = {t: i for i, t in enumerate(tokens)}
-    records = {}
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            rec = json.loads(line)
-            i = index.get(rec["item_id"])
-            if i is not None and rec["item_id"] not in done and rec["n_prompt"] == len(prompt_ids[i]):
-                records[rec["item_id"]] = rec
+    records = {t: rec for t, rec in read_texts(path).items()
+               if t in index and t not in done and rec["n_prompt"] == len(prompt_ids[index[t]])}
     if not records:
         return set()
     todo = [index[t] for t in records]
@@ -363,14 +371,7 @@ def rebuild_from_texts(job: ArchetypeJob) -> dict:
     if not path.is_file():
         raise ArchetypeError(f"{path} not found: generate first with "
                              f"`python -m recbole_genair.archetypes --dataset={job.dataset}`")
-    records: Dict[str, dict] = {}
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ArchetypeError(f"{path}:{lineno}: {exc}") from exc
-            records[rec["item_id"]] = rec
+    records = read_texts(path)
     missing = [t for t in tokens if t not in records]
     if missing:
         raise ArchetypeError(f"{path}: no archetype for {len(missing)} items, e.g. {missing[:10]}")

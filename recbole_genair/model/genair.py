@@ -15,26 +15,22 @@ prefill), ``[prefill]`` (without decoding), ``calibration_alpha: 0`` (without ca
 """
 from __future__ import annotations
 
-import torch
 from recbole.model.sequential_recommender import BERT4Rec, GRU4Rec, SASRec
 
 from recbole_genair.data.cooccurrence import normalized_scores
-from recbole_genair.data.dataset import ArchetypeDataset
 from recbole_genair.model.calibration import CalibrationLoss, PairWeights
 from recbole_genair.model.layers import ArchetypeItemEmbedding
+from recbole_genair.model.mixin import FeatureModelMixin
 
 
-class GenAIRMixin:
+class GenAIRMixin(FeatureModelMixin):
     """Archetype item table + calibration loss; put it before the RecBole backbone in the MRO."""
 
     method = "genair"
-    dataset_class = ArchetypeDataset
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        features = torch.cat([dataset.item_features[name] for name in config["genair_features"]], dim=-1)
-        if features.shape[0] != self.n_items:
-            raise ValueError(f"feature table has {features.shape[0]} rows for {self.n_items} items")
+        features = self.llm_features(config, dataset)
         original = self.item_embedding
         width = config["projector_width"]
         self.item_embedding = ArchetypeItemEmbedding(
@@ -50,17 +46,12 @@ class GenAIRMixin:
             self.calibration = CalibrationLoss(weights, t=float(config["calibration_t"]),
                                                variant=str(config["calibration_variant"]))
 
-    def target_items(self, interaction) -> torch.Tensor:
-        """The items this batch predicts (the calibration loss acts on their embeddings)."""
-        return interaction[self.POS_ITEM_ID]
-
-    def calculate_loss(self, interaction):
-        with self.item_embedding.step() as table:
-            loss = super().calculate_loss(interaction)
-            if self.calibration is not None:
-                items = self.target_items(interaction)
-                loss = loss + self.calibration_alpha * self.calibration(table[items], items)
-        return loss
+    def auxiliary_loss(self, interaction):
+        """``α·L_cal`` on the batch's distinct target items (inside the training step's table)."""
+        if self.calibration is None:
+            return None
+        items = self.batch_target_items(interaction)
+        return self.calibration_alpha * self.calibration(self.item_embedding.weight[items], items)
 
 
 class GenAIRSASRec(GenAIRMixin, SASRec):
@@ -79,10 +70,6 @@ class GenAIRBERT4Rec(GenAIRMixin, BERT4Rec):
     """GenAIR item representations on RecBole's BERT4Rec (mask token stays a trainable row)."""
 
     backbone = "BERT4Rec"
-
-    def target_items(self, interaction) -> torch.Tensor:
-        items = interaction[self.POS_ITEMS].flatten()
-        return items[items > 0]
 
 
 MODELS = {cls.backbone: cls for cls in (GenAIRSASRec, GenAIRGRU4Rec, GenAIRBERT4Rec)}

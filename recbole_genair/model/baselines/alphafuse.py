@@ -38,7 +38,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from recbole_genair.model.baselines.common import BaselineMixin, CachedTable, define_models, principal_components
+from recbole_genair.model.baselines.common import BaselineMixin, define_models, principal_components
+from recbole_genair.model.layers import CachedTable
 
 
 class NullSpaceItemEmbedding(CachedTable):

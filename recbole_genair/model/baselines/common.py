@@ -7,15 +7,13 @@ each method's YAML) — so only the method differs.  Like :mod:`recbole_genair.m
 each baseline is a mixin placed before RecBole's SASRec, GRU4Rec or BERT4Rec in the MRO, so
 the backbone's own ``forward``/``calculate_loss``/``predict``/``full_sort_predict`` run as is:
 
-* :class:`BaselineMixin` — the data set class, the LLM feature table, the batch's target
-  items, and ``calculate_loss = backbone loss + auxiliary_loss`` computed inside one
-  training step of the item table (a computed table is built once per step);
+* :class:`BaselineMixin` — :class:`~recbole_genair.model.mixin.FeatureModelMixin` (shared
+  with GenAIR): the data set class, the LLM feature table, the batch's target items, and
+  ``calculate_loss = backbone loss + auxiliary_loss`` within one step of the item table;
 * :func:`principal_components` / :func:`pca_item_table` — PCA of the LLM embeddings
   (LLMInit's initial table, LLM-ESR's collaborative view, AlphaFuse's semantic space);
 * :func:`adapted_llm_table` — frozen LLM embeddings through the two-linear-layer adapter of
   the LLM-ESR / LLMEmb reference code, as a drop-in ``nn.Embedding``;
-* :class:`CachedTable` — base for item tables computed from parameters: one computation
-  per training step, cached in eval mode so inference costs nothing extra;
 * :func:`define_models` — the static ``<Prefix>SASRec`` / ``GRU4Rec`` / ``BERT4Rec`` classes
   of a mixin and the registry's ``build`` hook.
 
@@ -24,29 +22,17 @@ Row 0 (RecBole's padding id) of every item table is the zero vector; BERT4Rec's 
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from typing import ContextManager, Iterator, Optional
+from typing import Optional
 
 import torch
 from recbole.model.sequential_recommender import BERT4Rec, GRU4Rec, SASRec
 from torch import nn
 
-from recbole_genair.data.dataset import ArchetypeDataset
-from recbole_genair.model.layers import ArchetypeItemEmbedding, CachedTable  # noqa: F401 (re-exported)
+from recbole_genair.model.layers import ArchetypeItemEmbedding
+from recbole_genair.model.mixin import FeatureModelMixin
 
 BACKBONE_CLASSES = (SASRec, GRU4Rec, BERT4Rec)
-
-
-def llm_item_features(config, dataset, n_items: int) -> torch.Tensor:
-    """``[n_items, d]`` LLM item embeddings (``genair_features``, concatenated), row 0 zero."""
-    names = list(config["genair_features"] or [])
-    if not names:
-        raise ValueError("genair_features is empty; the baselines read [prefill]")
-    table = torch.cat([dataset.item_features[name] for name in names], dim=-1).float()
-    if table.shape[0] != n_items:
-        raise ValueError(f"feature table has {table.shape[0]} rows for {n_items} items")
-    return table
 
 
 @dataclass(frozen=True)
@@ -132,38 +118,8 @@ def adapted_llm_table(features: torch.Tensor, original: nn.Embedding) -> Archety
     return table
 
 
-def table_step(table: nn.Module) -> ContextManager:
-    """``table.step()`` for computed tables, a no-op for a plain ``nn.Embedding``."""
-    step = getattr(table, "step", None)
-    return step() if callable(step) else contextlib.nullcontext()
-
-
-class BaselineMixin:
+class BaselineMixin(FeatureModelMixin):
     """Common part of the baseline mixins; put the mixin before the RecBole backbone in the MRO."""
-
-    method = ""
-    dataset_class = ArchetypeDataset
-
-    def llm_features(self, config, dataset) -> torch.Tensor:
-        return llm_item_features(config, dataset, self.n_items)
-
-    def batch_target_items(self, interaction) -> torch.Tensor:
-        """The distinct items this batch predicts (BERT4Rec: its masked positions' items)."""
-        if isinstance(self, BERT4Rec):
-            items = interaction[self.POS_ITEMS].flatten()
-        else:
-            items = interaction[self.POS_ITEM_ID]
-        return torch.unique(items[items > 0])
-
-    def auxiliary_loss(self, interaction) -> Optional[torch.Tensor]:
-        """The method's loss term added to the backbone's (``None``: none)."""
-        return None
-
-    def calculate_loss(self, interaction):
-        with table_step(self.item_embedding):
-            loss = super().calculate_loss(interaction)
-            extra = self.auxiliary_loss(interaction)
-        return loss if extra is None else loss + extra
 
 
 def recbole_backbone(model_class: type) -> type:

@@ -56,8 +56,9 @@ import torch.nn.functional as F
 from recbole.model.sequential_recommender import BERT4Rec
 from torch import nn
 
-from recbole_genair.model.baselines.common import (BaselineMixin, CachedTable, adapted_llm_table, define_models,
+from recbole_genair.model.baselines.common import (BaselineMixin, adapted_llm_table, define_models,
                                                    pca_item_table)
+from recbole_genair.model.layers import CachedTable
 
 
 class CrossAttention(nn.Module):
