@@ -7,13 +7,14 @@ Settings are the paper's (``properties/``: hidden 128, train batch 128,
 MAX_ITEM_LIST_LENGTH 50, CE over all items, Adam lr 1e-3), built through
 ``recbole_genair.quick_start.build_config`` / ``prepare`` with ``torch_threads: 1``.
 
-**Features.**  Amazon_Beauty's archetype features are not generated yet, so for TIMING ONLY
-a synthetic feature file of the real shape (one row per item token of
-``dataset/Amazon_Beauty/Amazon_Beauty.item`` = 12,101 items, 163 prefill + 90 decoding dims,
-the sizes PCA kept on ml-100k) is written to a temp dir and passed as
-``archetype_feature_file``.  The values do not change the cost (dense float matmuls);
-the co-occurrence for the calibration loss is the real one (counted from the training
-sequences by ``ArchetypeDataset``).  ``--dataset ml-100k`` uses the committed real features.
+**Features.**  The data set's real archetype features (``dataset/NAME/NAME.archetype``, from
+``python -m recbole_genair.archetypes``).  ``--synthetic`` instead writes, for TIMING ONLY, a
+random feature file with one row per item token of ``NAME.item`` and 163 prefill + 90
+decoding dims (the sizes PCA kept on ml-100k) to a temp dir and passes it as
+``archetype_feature_file`` (how the first results were taken, before Beauty's features
+existed); the values do not change the cost, only the widths do.  The co-occurrence for
+the calibration loss is always the real one (counted from the training sequences by
+``ArchetypeDataset``).
 
 **Training.**  Per backbone: base, genair (calibration α from properties, 1e-3) and genair
 with ``calibration_alpha: 0`` (projector only), each with its own Adam, fed the SAME
@@ -36,6 +37,7 @@ Run from the project root (both sides in one process, 1 thread):
     python bench/bench_model_cost.py                  # Amazon_Beauty, 60 steps, 3 backbones
     python bench/bench_model_cost.py --quick          # smoke: 10 steps, 1 inference batch
     python bench/bench_model_cost.py --dataset ml-100k
+    python bench/bench_model_cost.py --synthetic      # random features of ml-100k's widths
 """
 from __future__ import annotations
 
@@ -235,8 +237,8 @@ def report(results: List[dict], args, synthetic: bool) -> None:
           f"{r0['proj_gflop']:.2f} GFLOP (forward + backward); CE scoring (logits over all items, fwd+bwd): "
           + ", ".join(f"{r['backbone']} {r['ce_gflop']:.2f}" for r in results) + " GFLOP")
     print(f"calibration α = {r0['alpha']}"
-          + ("; FEATURES ARE SYNTHETIC (random, real shape 12,101 × (163+90)): Amazon_Beauty archetypes "
-             "are not generated yet — timings only" if synthetic else "; real committed features"))
+          + ("; FEATURES ARE SYNTHETIC (random, ml-100k's PCA sizes 163 + 90): "
+             "timings only" if synthetic else "; the data set's real archetype features"))
 
 
 def main() -> None:
@@ -249,6 +251,8 @@ def main() -> None:
     parser.add_argument("--eval_batches", type=int, default=5)
     parser.add_argument("--eval_rounds", type=int, default=6)
     parser.add_argument("--quick", action="store_true", help="smoke: 10 steps, 1 eval batch")
+    parser.add_argument("--synthetic", action="store_true",
+                        help="time random features of ml-100k's PCA sizes instead of the data set's real file")
     args = parser.parse_args()
     if args.quick:
         args.steps, args.warmup, args.rounds, args.eval_batches, args.eval_rounds = 10, 2, 2, 1, 2
@@ -260,7 +264,11 @@ def main() -> None:
     extra = {"show_progress": False, "state": "WARNING", "torch_threads": 1, "eval_batch_size": 1024,
              "eval_negatives": 0, "checkpoint_dir": str(Path(tmp.name) / "saved")}
     genair_extra: dict = {}
-    synthetic = args.dataset != "ml-100k"      # only ml-100k has committed real features (see docstring)
+    real_file = DATASET_DIR / args.dataset / f"{args.dataset}.archetype"
+    if not real_file.exists() and not args.synthetic:
+        parser.error(f"{real_file} does not exist: run `python -m recbole_genair.archetypes "
+                     f"--dataset={args.dataset}` first, or pass --synthetic to time random features of its shape")
+    synthetic = args.synthetic
     if synthetic:
         path = Path(tmp.name) / f"{args.dataset}.archetype"
         n = write_synthetic_features(DATASET_DIR / args.dataset / f"{args.dataset}.item", path)
