@@ -346,7 +346,7 @@ def write_features(job: ArchetypeJob, tokens, prefill, decoding, settings) -> di
     info = {"features": str(path), "pca": job.pca, "prefill_dims": pre_info, "decoding_dims": dec_info}
     meta_path = texts_path(job.data_dir, job.dataset).with_name(f"{job.dataset}.archetypes.meta.json")
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"settings": settings}
-    meta["features"] = info
+    meta["features"] = {**info, "features": path.name}   # next to the data set; no machine paths in the record
     atomic_write_text(meta_path, json.dumps(meta, indent=2, sort_keys=True, default=str))
     return info
 
