@@ -546,3 +546,25 @@ def test_recbole_loads_item_features(tmp_path):
     assert dataset.item_num - 1 == 4
     tokens = set(dataset.field2id_token["title"].tolist())
     assert {'"Quoted" shampoo', "Rose Lip Balm", "Soap"} <= tokens
+
+
+@needs_shared
+def test_committed_beauty_archetypes_cover_the_converted_items(tmp_path):
+    """The committed Beauty texts and features name exactly the items the converter writes."""
+    import json
+
+    from recbole_genair.paths import DATASET_DIR
+
+    conv.convert("Amazon_Beauty", out_dir=tmp_path, progress=False)
+    _, items = read_table(tmp_path / "Amazon_Beauty" / "Amazon_Beauty.item")
+    tokens = {r[0] for r in items}
+    header, rows = read_table(DATASET_DIR / "Amazon_Beauty" / "Amazon_Beauty.archetype")
+    assert header == ["item_id:token", "prefill_emb:float_seq", "decoding_emb:float_seq"]
+    assert len(rows) == len(tokens) == 12101 and {r[0] for r in rows} == tokens
+    meta = json.loads((DATASET_DIR / "Amazon_Beauty" / "archetypes" /
+                       "Amazon_Beauty.archetypes.meta.json").read_text())
+    widths = (meta["features"]["prefill_dims"]["components"], meta["features"]["decoding_dims"]["components"])
+    assert all((len(r[1].split()), len(r[2].split())) == widths for r in rows)
+    with open(DATASET_DIR / "Amazon_Beauty" / "archetypes" / "Amazon_Beauty.archetypes.jsonl") as fh:
+        texts = [json.loads(line) for line in fh]
+    assert {t["item_id"] for t in texts} == tokens and all(t["archetype"].strip() for t in texts)
