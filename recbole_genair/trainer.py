@@ -78,6 +78,27 @@ class GenAIRTrainer(Trainer):
         with trusted_checkpoints():
             return super().evaluate(eval_data, load_best_model, model_file, show_progress)
 
+    @torch.no_grad()
+    def user_ranks(self, eval_data) -> tuple[np.ndarray, np.ndarray]:
+        """Each evaluated user's internal id and the 0-based rank of their held-out item.
+
+        Same candidates and masking as :meth:`evaluate` (history removed; with fixed negatives,
+        only the 101 candidates compete).  Rank = number of candidates scored strictly above the
+        held-out item, so ``rank < k`` is RecBole's hit@k and ``1 / log2(rank + 2)`` its
+        ndcg@k whenever scores are not tied at the cut-off.
+        """
+        self.model.eval()
+        self.tot_item_num = eval_data._dataset.item_num
+        users, ranks = [], []
+        uid_field = self.config["USER_ID_FIELD"]
+        for batched_data in eval_data:
+            interaction, scores, positive_u, positive_i = self._full_sort_batch_eval(batched_data)
+            positive_u, positive_i = positive_u.to(scores.device), positive_i.to(scores.device)
+            target = scores[positive_u, positive_i].unsqueeze(1)
+            ranks.append((scores[positive_u] > target).sum(1).cpu().numpy())
+            users.append(interaction[uid_field].to(scores.device)[positive_u].cpu().numpy())
+        return np.concatenate(users), np.concatenate(ranks)
+
     def resume_checkpoint(self, resume_file):
         with trusted_checkpoints():
             super().resume_checkpoint(resume_file)
