@@ -1,13 +1,13 @@
 """Is model B better than model A on the same test users?  Per-user paired significance.
 
-    python -m recbole_genair.significance A.pth B.pth [--split=test|valid] \\
+    python -m recbole_genair.significance A.pth B.pth [--split=test|valid] [--full_ranking] \\
         [--metrics=hit@10,ndcg@10] [--bootstrap=2000] [--seed=0] [--out=FILE.md]
 
 The experiment runner's t-test compares *seeds* (training variance) and needs at least two
 runs per cell.  This one compares two trained checkpoints on the *same* held-out users
 (test-set sampling variance): each user's held-out item is ranked by both models against
 the same candidates (the fixed 100 negatives, or full ranking, whichever the checkpoints
-were trained under; both must agree), per-user HR@k / NDCG@k / MRR@k are paired by user
+were trained under; both must agree — or, with ``--full_ranking``, every item), per-user HR@k / NDCG@k / MRR@k are paired by user
 token, and the mean difference B − A gets a two-sided paired t-test
 (``scipy.stats.ttest_rel``) and a seeded percentile-bootstrap 95% interval over users.
 The per-user means equal RecBole's own metrics of the same checkpoint (up to score ties
@@ -84,14 +84,21 @@ def compare(ranks_a: dict, ranks_b: dict, metrics: Sequence[str] = DEFAULT_METRI
     return out
 
 
-def checkpoint_ranks(model_file: str, split: str = "test") -> tuple[dict, dict, dict]:
-    """``({user token: rank}, protocol settings, description)`` of one saved model."""
+def checkpoint_ranks(model_file: str, split: str = "test", full_ranking: bool = False) -> tuple[dict, dict, dict]:
+    """``({user token: rank}, protocol settings, description)`` of one saved model.
+
+    ``full_ranking`` ranks against every item instead of the checkpoint's fixed negatives
+    (model selection stays what it was in training).
+    """
     from recbole_genair.quick_start import load_data_and_model, make_trainer
     config, model, dataset, _train, valid_data, test_data = load_data_and_model(model_file)
     trainer = make_trainer(config, model, dataset)
+    if full_ranking:
+        trainer.set_negatives(None)
     users, ranks = trainer.user_ranks(test_data if split == "test" else valid_data)
     tokens = dataset.field2id_token[dataset.uid_field]
-    protocol = {key: repr(config[key]) for key in PROTOCOL_KEYS}
+    protocol = {key: repr(config[key]) for key in PROTOCOL_KEYS
+                if not (full_ranking and key.startswith("eval_negatives"))}
     protocol["dataset"] = config["dataset"]
     about = {"model": config["backbone"], "method": config["method"], "file": str(model_file)}
     return {str(tokens[u]): int(r) for u, r in zip(users, ranks)}, protocol, about
@@ -114,6 +121,8 @@ def main(argv=None) -> int:
     parser.add_argument("model_a", help="checkpoint A (e.g. the base model)")
     parser.add_argument("model_b", help="checkpoint B (e.g. GenAIR)")
     parser.add_argument("--split", choices=("test", "valid"), default="test")
+    parser.add_argument("--full_ranking", action="store_true",
+                        help="rank against all items instead of the fixed sampled negatives")
     parser.add_argument("--metrics", default=",".join(DEFAULT_METRICS))
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (0: none)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
@@ -122,15 +131,15 @@ def main(argv=None) -> int:
     for path in (args.model_a, args.model_b):
         if not Path(path).is_file():
             parser.error(f"no such checkpoint: {path}")
-    ranks_a, protocol_a, about_a = checkpoint_ranks(args.model_a, args.split)
-    ranks_b, protocol_b, about_b = checkpoint_ranks(args.model_b, args.split)
+    ranks_a, protocol_a, about_a = checkpoint_ranks(args.model_a, args.split, args.full_ranking)
+    ranks_b, protocol_b, about_b = checkpoint_ranks(args.model_b, args.split, args.full_ranking)
     if protocol_a != protocol_b:
         differ = {k: (protocol_a[k], protocol_b[k]) for k in protocol_a if protocol_a[k] != protocol_b.get(k)}
         parser.error(f"the checkpoints were evaluated under different protocols: {differ}")
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     text = render(compare(ranks_a, ranks_b, metrics, args.bootstrap, args.seed),
                   f"{about_a['model']}/{about_a['method']}", f"{about_b['model']}/{about_b['method']}",
-                  args.split)
+                  args.split + (", full ranking" if args.full_ranking else ""))
     print(text)
     if args.out:
         Path(args.out).write_text(text, encoding="utf-8")

@@ -46,6 +46,10 @@ def test_checkpoint_ranks_reproduce_recboles_test_metrics(fast_config, tmp_path,
     values = np.array(list(ranks.values()))
     for metric in ("hit@10", "ndcg@10", "hit@5"):
         assert per_user_metric(values, metric).mean() == pytest.approx(result["test_result"][metric], abs=1e-4)
+    full, full_protocol, _ = checkpoint_ranks(result["saved_model_file"], full_ranking=True)
+    assert set(full) == set(ranks) and "eval_negatives" not in full_protocol
+    # every sampled candidate is also a full-ranking candidate: ranks can only grow
+    assert all(full[u] >= ranks[u] for u in ranks) and sum(full.values()) > sum(ranks.values())
     out = tmp_path / "cmp.md"
     assert main([result["saved_model_file"], result["saved_model_file"], "--bootstrap=50",
                  f"--out={out}"]) == 0
