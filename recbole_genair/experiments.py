@@ -291,7 +291,7 @@ def metric_label(metric: str) -> str:
     return f"{name}@{k}" if k else name
 
 
-def _pvalue_text(p: Optional[float]) -> str:
+def pvalue_text(p: Optional[float]) -> str:
     if p is None:
         return ""
     if math.isnan(p):
@@ -325,7 +325,7 @@ def render_markdown(rows: list[dict], methods: Sequence[str], metrics: Sequence[
         if show_gain:
             gain = row["improvement_pct"]
             cells.append("" if gain is None else f"{gain:+.2f}% vs {row['best_baseline']}")
-            cells.append(_pvalue_text(row["p_value"]))
+            cells.append(pvalue_text(row["p_value"]))
         lines.append(f"| {row['backbone']} | {metric_label(row['metric'])} | " + " | ".join(cells) + " |")
     if failures:
         lines += ["", "Failed runs (re-run the command to retry them):", ""]

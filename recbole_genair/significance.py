@@ -105,13 +105,13 @@ def checkpoint_ranks(model_file: str, split: str = "test", full_ranking: bool = 
 
 
 def render(comparisons: list[Comparison], label_a: str, label_b: str, split: str) -> str:
+    from recbole_genair.experiments import pvalue_text
     lines = [f"Per-user paired comparison on the {split} split: A = {label_a}, B = {label_b}", "",
              "| metric | A | B | B − A | 95% bootstrap CI | paired t-test p | users |",
              "|---|--:|--:|--:|--:|--:|--:|"]
     for c in comparisons:
-        p = f"{c.p_value:.2e}" if c.p_value < 1e-3 else f"{c.p_value:.3f}"
         lines.append(f"| {c.metric} | {c.mean_a:.4f} | {c.mean_b:.4f} | {c.diff:+.4f} | "
-                     f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}] | {p} | {c.n_users:,} |")
+                     f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}] | {pvalue_text(c.p_value)} | {c.n_users:,} |")
     return "\n".join(lines) + "\n"
 
 

@@ -37,7 +37,7 @@ def test_compare_pairs_by_user_token_and_detects_a_consistent_gain():
         compare(a, {**a, "extra": 1})
 
 
-def test_checkpoint_ranks_reproduce_recboles_test_metrics(fast_config, tmp_path, capsys):
+def test_checkpoint_ranks_reproduce_recboles_test_metrics(fast_config, tmp_path):
     result = run("SASRec", "ml-100k", "base", config_dict=fast_config)
     ranks, protocol, about = checkpoint_ranks(result["saved_model_file"])
     assert about["model"] == "SASRec" and about["method"] == "base"
