@@ -2,7 +2,7 @@
 
     python -m recbole_genair.experiments --dataset=Amazon_Beauty \\
         [--methods=base,genair,...] [--models=SASRec,GRU4Rec,BERT4Rec] [--seeds=3] \\
-        [--config_files="a.yaml b.yaml"] [--out=DIR] [--metrics=hit@10,ndcg@10] [--key=value ...]
+        [--config_files="a.yaml b.yaml"] [--out=DIR] [--metrics=hit@10,ndcg@10] [--report] [--key=value ...]
 
 Each cell (backbone, method, seed) is one ``quick_start.run``: early stopping on valid
 NDCG@10, then the test metrics of the best-valid epoch.  Seeds are ``seed + k`` for
@@ -16,7 +16,8 @@ Resuming: each finished cell is appended (flushed and fsync'ed) as one JSON line
 the contents of ``--config_files`` and the ``--key=value`` settings (not the seed and not
 settings that cannot change results: logging, progress bars, threads, checkpoint folder).
 Re-running the same command skips finished cells; a failed cell is reported and retried
-next time.
+next time.  ``--report`` runs nothing: it writes the tables from the cells finished so far (by
+this or other processes sharing ``DIR``) and lists the missing ones.
 
 Outputs in ``DIR`` (default ``saved/experiments/<dataset>``, git-ignored):
 ``table2.md`` / ``table2.csv`` — rows = backbone x metric, columns = methods, cells
@@ -53,7 +54,7 @@ RESULTS_FILE = "results.jsonl"
 NON_RESULT_KEYS = frozenset({"seed", "show_progress", "state", "checkpoint_dir", "torch_threads",
                              "log_wandb", "wandb_project"})
 # Options of this module's command line; every other --key=value is a RecBole setting.
-RUNNER_OPTIONS = frozenset({"dataset", "methods", "models", "seeds", "config_files", "out", "metrics"})
+RUNNER_OPTIONS = frozenset({"dataset", "methods", "models", "seeds", "config_files", "out", "metrics", "report"})
 
 
 def _say(message: str) -> None:
@@ -152,6 +153,7 @@ class Outcome:
 
     records: list[dict]
     failures: list[dict] = field(default_factory=list)
+    missing: list[dict] = field(default_factory=list)
     ran: int = 0
     files: dict[str, Path] = field(default_factory=dict)
 
@@ -166,8 +168,12 @@ def base_seed(dataset, model, method, config_file_list, overrides) -> int:
 def run_experiments(dataset: str, models: Sequence[str] = BACKBONES, methods: Optional[Sequence[str]] = None,
                     seeds: int = 3, config_file_list: Optional[Sequence[str]] = None,
                     overrides: Optional[dict] = None, out=None,
-                    metrics: Sequence[str] = DEFAULT_METRICS) -> Outcome:
-    """Run every missing (model, method, seed) cell, then write the tables."""
+                    metrics: Sequence[str] = DEFAULT_METRICS, report_only: bool = False) -> Outcome:
+    """Run every missing (model, method, seed) cell, then write the tables.
+
+    ``report_only``: run nothing; write the tables from the cells already finished and list the
+    missing ones in the markdown (to look at a grid that is still running elsewhere).
+    """
     methods = list(methods or registered_methods())
     models = list(models)
     overrides = dict(overrides or {})
@@ -192,6 +198,9 @@ def run_experiments(dataset: str, models: Sequence[str] = BACKBONES, methods: Op
          f"{len(todo)} to run; results in {store.path}")
 
     outcome = Outcome(records=[])
+    if report_only:
+        outcome.missing = [{"model": m, "method": meth, "seed": s} for m, meth, s in todo]
+        todo = []
     for index, (model, method, seed) in enumerate(todo, 1):
         _say(f"[{index}/{len(todo)}] {model} / {method} / seed {seed} ...")
         started = time.time()
@@ -222,7 +231,8 @@ def run_experiments(dataset: str, models: Sequence[str] = BACKBONES, methods: Op
 
     _write_all(out, dataset, models, methods, seed_list, digest, done, metrics, outcome)
     _say(f"wrote {outcome.files['markdown']}, {outcome.files['csv']} and {outcome.files['runs']}"
-         + (f"; {len(outcome.failures)} cell(s) failed" if outcome.failures else ""))
+         + (f"; {len(outcome.failures)} cell(s) failed" if outcome.failures else "")
+         + (f"; {len(outcome.missing)} cell(s) not run yet (--report)" if outcome.missing else ""))
     return outcome
 
 
@@ -235,7 +245,8 @@ def _write_all(out, dataset, models, methods, seed_list, digest, done, metrics, 
     title = (f"# Table 2: {dataset} — {len(seed_list)} seed(s) {seed_list}, config hash {digest}"
              + (f", {protocol}" if protocol else ""))
     files = {"markdown": out / "table2.md", "csv": out / "table2.csv", "runs": out / "runs.csv"}
-    _atomic_write(files["markdown"], render_markdown(rows, methods, metrics, title, outcome.failures))
+    _atomic_write(files["markdown"], render_markdown(rows, methods, metrics, title, outcome.failures,
+                                                     outcome.missing))
     _atomic_write(files["csv"], _csv_text(*table_csv(rows, methods)))
     _atomic_write(files["runs"], _csv_text(*runs_csv(records)))
     outcome.files = files
@@ -300,7 +311,7 @@ def pvalue_text(p: Optional[float]) -> str:
 
 
 def render_markdown(rows: list[dict], methods: Sequence[str], metrics: Sequence[str], title: str,
-                    failures: Sequence[dict] = ()) -> str:
+                    failures: Sequence[dict] = (), missing: Sequence[dict] = ()) -> str:
     show_gain = GENAIR in methods and any(m != GENAIR for m in methods)
     head = ["Backbone", "Metric", *methods] + (["Improv. (GenAIR vs best baseline)", "p-value"] if show_gain else [])
     lines = [title, "",
@@ -330,6 +341,9 @@ def render_markdown(rows: list[dict], methods: Sequence[str], metrics: Sequence[
     if failures:
         lines += ["", "Failed runs (re-run the command to retry them):", ""]
         lines += [f"- {f['model']} / {f['method']} / seed {f['seed']}: {f['error']}" for f in failures]
+    if missing:
+        lines += ["", "Not run yet (shown as –; the command without --report runs them):", ""]
+        lines += [f"- {m['model']} / {m['method']} / seed {m['seed']}" for m in missing]
     return "\n".join(lines) + "\n"
 
 
@@ -395,6 +409,8 @@ def parse(argv=None) -> tuple[argparse.Namespace, dict]:
     parser.add_argument("--config_files", default=None, help="space-separated YAML files")
     parser.add_argument("--out", default=None, help=f"output folder (default: {DEFAULT_OUT}/<dataset>)")
     parser.add_argument("--metrics", default=",".join(DEFAULT_METRICS), help="test metrics in the table")
+    parser.add_argument("--report", action="store_true",
+                        help="run nothing: write the tables from the finished cells, listing the missing ones")
     args, rest = parser.parse_known_args(argv)
     bad = [a for a in rest if not a.startswith("--") or len(a[2:].split("=")) != 2]
     if bad:
@@ -414,7 +430,7 @@ def main(argv=None) -> int:
         outcome = run_experiments(
             dataset=args.dataset, models=_split(args.models), methods=_split(args.methods), seeds=args.seeds,
             config_file_list=args.config_files.split() if args.config_files else None,
-            overrides=overrides, out=args.out, metrics=_split(args.metrics))
+            overrides=overrides, out=args.out, metrics=_split(args.metrics), report_only=args.report)
     except UnknownChoiceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

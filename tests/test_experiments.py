@@ -155,3 +155,17 @@ def test_one_real_cell(fast_config, tmp_path):
     assert "| SASRec | HR@10 | **" in (tmp_path / "table2.md").read_text()
     assert run_experiments("ml-100k", models=["SASRec"], methods=["base"], seeds=1,
                            overrides=fast_config, out=tmp_path).ran == 0
+
+
+def test_report_runs_nothing_and_lists_missing_cells(fake, tmp_path):
+    grid(tmp_path, methods=["base", "genair"], seeds=1)
+    assert len(fake.calls) == 4
+    outcome = grid(tmp_path, seeds=1, report_only=True)   # llminit never ran
+    assert len(fake.calls) == 4 and outcome.ran == 0 and len(outcome.records) == 4
+    assert [(m["model"], m["method"]) for m in outcome.missing] == [("SASRec", "llminit"), ("GRU4Rec", "llminit")]
+    text = (tmp_path / "table2.md").read_text()
+    assert "| SASRec | HR@10 | 0.3000 | – | **0.3600** |" in text
+    assert "- GRU4Rec / llminit / seed 100" in text
+    assert main(["--dataset=toy", "--methods=base,genair", "--models=SASRec", "--seeds=2", f"--out={tmp_path}",
+                 "--seed=100", "--epochs=5", "--report"]) == 0
+    assert len(fake.calls) == 4 and "- SASRec / genair / seed 101" in (tmp_path / "table2.md").read_text()
