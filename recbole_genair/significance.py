@@ -1,7 +1,7 @@
 """Is model B better than model A on the same test users?  Per-user paired significance.
 
     python -m recbole_genair.significance A.pth B.pth [--split=test|valid] [--full_ranking] \\
-        [--metrics=hit@10,ndcg@10] [--bootstrap=2000] [--seed=0] [--out=FILE.md]
+        [--metrics=hit@10,ndcg@10] [--by_popularity] [--bootstrap=2000] [--seed=0] [--out=FILE.md]
 
 The experiment runner's t-test compares *seeds* (training variance) and needs at least two
 runs per cell.  This one compares two trained checkpoints on the *same* held-out users
@@ -12,6 +12,13 @@ token, and the mean difference B − A gets a two-sided paired t-test
 (``scipy.stats.ttest_rel``) and a seeded percentile-bootstrap 95% interval over users.
 The per-user means equal RecBole's own metrics of the same checkpoint (up to score ties
 at the cut-off).
+
+``--by_popularity`` repeats the comparison within two groups of users, split by how popular
+their held-out item is in the training sequences (:func:`popular_items`): *popular* = the
+20% most-interacted items, *long-tail* = the other 80% (the Pareto split of LLM-ESR's
+long-tail analysis); it also reports how popular the items in each model's top-10 lists
+are and how many distinct items those lists cover.  Where a gain comes from — popular or long-tail targets — explains
+why a model can win on sampled negatives and lose under full ranking.
 """
 from __future__ import annotations
 
@@ -25,6 +32,23 @@ import numpy as np
 
 DEFAULT_METRICS = ("hit@10", "ndcg@10")
 PROTOCOL_KEYS = ("eval_negatives", "eval_negatives_seed", "eval_args")
+HEAD_SHARE = 0.2
+
+
+def popular_items(counts: np.ndarray, head_share: float = HEAD_SHARE) -> np.ndarray:
+    """Boolean mask over item ids: the ``head_share`` most-interacted items (id 0 = padding excluded).
+
+    ``counts[i]`` = training interactions of item ``i``; the head is the first
+    ``ceil(head_share · (n - 1))`` items by count, ties broken by the smaller id.
+    """
+    counts = np.asarray(counts)
+    if not 0 < head_share < 1:
+        raise ValueError(f"head_share must lie in (0, 1), got {head_share}")
+    ids = np.arange(1, len(counts))
+    order = ids[np.lexsort((ids, -counts[1:]))]
+    head = np.zeros(len(counts), dtype=bool)
+    head[order[:int(np.ceil(head_share * len(ids)))]] = True
+    return head
 
 
 def per_user_metric(ranks: np.ndarray, metric: str) -> np.ndarray:
@@ -84,35 +108,79 @@ def compare(ranks_a: dict, ranks_b: dict, metrics: Sequence[str] = DEFAULT_METRI
     return out
 
 
-def checkpoint_ranks(model_file: str, split: str = "test", full_ranking: bool = False) -> tuple[dict, dict, dict]:
-    """``({user token: rank}, protocol settings, description)`` of one saved model.
+@dataclass
+class Evaluated:
+    """One checkpoint's held-out ranks: ``{user token: rank}``, ``{user token: popular target?}``."""
+
+    ranks: dict
+    popular: dict
+    protocol: dict
+    about: dict
+    top_popular_share: float = float("nan")  # mean share of popular items in the users' top-k lists
+    top_distinct: int = 0                    # distinct items over all users' top-k lists
+
+
+TOP_K = 10
+
+
+def checkpoint_ranks(model_file: str, split: str = "test", full_ranking: bool = False) -> Evaluated:
+    """Ranks of one saved model's held-out items, with their popularity group.
 
     ``full_ranking`` ranks against every item instead of the checkpoint's fixed negatives
     (model selection stays what it was in training).
     """
+    from recbole_genair.data.cooccurrence import training_item_counts
     from recbole_genair.quick_start import load_data_and_model, make_trainer
     config, model, dataset, _train, valid_data, test_data = load_data_and_model(model_file)
     trainer = make_trainer(config, model, dataset)
     if full_ranking:
         trainer.set_negatives(None)
-    users, ranks = trainer.user_ranks(test_data if split == "test" else valid_data)
-    tokens = dataset.field2id_token[dataset.uid_field]
+    users, items, ranks, top = trainer.user_ranks(test_data if split == "test" else valid_data, top_k=TOP_K)
+    feat = dataset.inter_feat
+    time = np.asarray(feat[dataset.time_field]) if dataset.time_field else np.arange(len(feat))
+    counts = training_item_counts(np.asarray(feat[dataset.uid_field]), np.asarray(feat[dataset.iid_field]),
+                                  time, n_items=dataset.item_num)
+    head = popular_items(counts)
+    tokens = [str(t) for t in dataset.field2id_token[dataset.uid_field]]
     protocol = {key: repr(config[key]) for key in PROTOCOL_KEYS
                 if not (full_ranking and key.startswith("eval_negatives"))}
     protocol["dataset"] = config["dataset"]
     about = {"model": config["backbone"], "method": config["method"], "file": str(model_file)}
-    return {str(tokens[u]): int(r) for u, r in zip(users, ranks)}, protocol, about
+    return Evaluated(ranks={tokens[u]: int(r) for u, r in zip(users, ranks)},
+                     popular={tokens[u]: bool(head[i]) for u, i in zip(users, items)},
+                     protocol=protocol, about=about, top_popular_share=float(head[top].mean()),
+                     top_distinct=int(len(np.unique(top))))
 
 
-def render(comparisons: list[Comparison], label_a: str, label_b: str, split: str) -> str:
+def render(comparisons: list[Comparison], label_a: str, label_b: str, split: str, group: str = "") -> str:
     from recbole_genair.experiments import pvalue_text
-    lines = [f"Per-user paired comparison on the {split} split: A = {label_a}, B = {label_b}", "",
+    lines = [f"Per-user paired comparison on the {split} split{group}: A = {label_a}, B = {label_b}", "",
              "| metric | A | B | B − A | 95% bootstrap CI | paired t-test p | users |",
              "|---|--:|--:|--:|--:|--:|--:|"]
     for c in comparisons:
         lines.append(f"| {c.metric} | {c.mean_a:.4f} | {c.mean_b:.4f} | {c.diff:+.4f} | "
                      f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}] | {pvalue_text(c.p_value)} | {c.n_users:,} |")
     return "\n".join(lines) + "\n"
+
+
+def render_top_lists(models: Sequence[tuple[str, Evaluated]], split: str) -> str:
+    lines = [f"What the models recommend ({split}; top-{TOP_K} list of every user)", "",
+             f"| model | popular items in the top {TOP_K} | distinct items over all top-{TOP_K} lists |",
+             "|---|--:|--:|"]
+    lines += [f"| {label} | {e.top_popular_share:.1%} | {e.top_distinct:,} |" for label, e in models]
+    return "\n".join(lines) + "\n"
+
+
+def by_popularity(a: Evaluated, b: Evaluated) -> list[tuple[str, dict, dict]]:
+    """``[(label, ranks A, ranks B)]`` for users with a popular and with a long-tail target."""
+    if a.popular != b.popular:
+        raise ValueError("the two checkpoints hold out different items: compare checkpoints of the same split")
+    groups = []
+    for flag, name in ((True, f"popular targets (top {HEAD_SHARE:.0%} of items by training interactions)"),
+                       (False, f"long-tail targets (other {1 - HEAD_SHARE:.0%} of items)")):
+        users = [u for u, p in a.popular.items() if p is flag]
+        groups.append((name, {u: a.ranks[u] for u in users}, {u: b.ranks[u] for u in users}))
+    return groups
 
 
 def main(argv=None) -> int:
@@ -124,6 +192,8 @@ def main(argv=None) -> int:
     parser.add_argument("--full_ranking", action="store_true",
                         help="rank against all items instead of the fixed sampled negatives")
     parser.add_argument("--metrics", default=",".join(DEFAULT_METRICS))
+    parser.add_argument("--by_popularity", action="store_true",
+                        help="also compare within users whose held-out item is popular / long-tail")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (0: none)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.add_argument("--out", default=None, help="also write the markdown table here")
@@ -131,15 +201,23 @@ def main(argv=None) -> int:
     for path in (args.model_a, args.model_b):
         if not Path(path).is_file():
             parser.error(f"no such checkpoint: {path}")
-    ranks_a, protocol_a, about_a = checkpoint_ranks(args.model_a, args.split, args.full_ranking)
-    ranks_b, protocol_b, about_b = checkpoint_ranks(args.model_b, args.split, args.full_ranking)
-    if protocol_a != protocol_b:
-        differ = {k: (protocol_a[k], protocol_b[k]) for k in protocol_a if protocol_a[k] != protocol_b.get(k)}
+    a = checkpoint_ranks(args.model_a, args.split, args.full_ranking)
+    b = checkpoint_ranks(args.model_b, args.split, args.full_ranking)
+    if a.protocol != b.protocol:
+        differ = {k: (a.protocol[k], b.protocol[k]) for k in a.protocol if a.protocol[k] != b.protocol.get(k)}
         parser.error(f"the checkpoints were evaluated under different protocols: {differ}")
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    text = render(compare(ranks_a, ranks_b, metrics, args.bootstrap, args.seed),
-                  f"{about_a['model']}/{about_a['method']}", f"{about_b['model']}/{about_b['method']}",
-                  args.split + (", full ranking" if args.full_ranking else ""))
+    labels = (f"{a.about['model']}/{a.about['method']}", f"{b.about['model']}/{b.about['method']}")
+    split = args.split + (", full ranking" if args.full_ranking else "")
+    text = render(compare(a.ranks, b.ranks, metrics, args.bootstrap, args.seed), *labels, split)
+    if args.by_popularity:
+        text += "\n" + render_top_lists([(f"A = {labels[0]}", a), (f"B = {labels[1]}", b)], split)
+        for name, ranks_a, ranks_b in by_popularity(a, b):
+            if not ranks_a:
+                text += f"\nNo {args.split} user has {name}.\n"
+                continue
+            text += "\n" + render(compare(ranks_a, ranks_b, metrics, args.bootstrap, args.seed), *labels, split,
+                                  group=f", {name}")
     print(text)
     if args.out:
         Path(args.out).write_text(text, encoding="utf-8")

@@ -79,17 +79,18 @@ class GenAIRTrainer(Trainer):
             return super().evaluate(eval_data, load_best_model, model_file, show_progress)
 
     @torch.no_grad()
-    def user_ranks(self, eval_data) -> tuple[np.ndarray, np.ndarray]:
-        """Each evaluated user's internal id and the 0-based rank of their held-out item.
+    def user_ranks(self, eval_data, top_k: int = 0) -> tuple[np.ndarray, ...]:
+        """Each evaluated user's internal id, held-out item id and that item's 0-based rank.
 
         Same candidates and masking as :meth:`evaluate` (history removed; with fixed negatives,
         only the 101 candidates compete).  Rank = number of candidates scored strictly above the
         held-out item, so ``rank < k`` is RecBole's hit@k and ``1 / log2(rank + 2)`` its
-        ndcg@k whenever scores are not tied at the cut-off.
+        ndcg@k whenever scores are not tied at the cut-off.  ``top_k > 0`` also returns each
+        user's ``top_k`` highest-scored candidate item ids, ``[n_users, top_k]``.
         """
         self.model.eval()
         self.tot_item_num = eval_data._dataset.item_num
-        users, ranks = [], []
+        users, items, ranks, tops = [], [], [], []
         uid_field = self.config["USER_ID_FIELD"]
         for batched_data in eval_data:
             interaction, scores, positive_u, positive_i = self._full_sort_batch_eval(batched_data)
@@ -97,7 +98,11 @@ class GenAIRTrainer(Trainer):
             target = scores[positive_u, positive_i].unsqueeze(1)
             ranks.append((scores[positive_u] > target).sum(1).cpu().numpy())
             users.append(interaction[uid_field].to(scores.device)[positive_u].cpu().numpy())
-        return np.concatenate(users), np.concatenate(ranks)
+            items.append(positive_i.cpu().numpy())
+            if top_k:
+                tops.append(scores[positive_u].topk(top_k, dim=1).indices.cpu().numpy())
+        out = (np.concatenate(users), np.concatenate(items), np.concatenate(ranks))
+        return out + (np.concatenate(tops),) if top_k else out
 
     def resume_checkpoint(self, resume_file):
         with trusted_checkpoints():

@@ -28,7 +28,7 @@ import scipy.sparse as sp
 
 __all__ = [
     "cooccurrence_counts", "naive_cooccurrence_counts", "normalized_scores",
-    "save_cooccurrence", "load_cooccurrence",
+    "save_cooccurrence", "load_cooccurrence", "training_item_counts",
 ]
 
 _FORMAT_VERSION = 1
@@ -239,6 +239,19 @@ def cooccurrence_counts(user_ids: np.ndarray, item_ids: np.ndarray, timestamps: 
     else:
         counts = _counts_by_product(x)
     return counts.astype(np.int32, copy=False)
+
+
+def training_item_counts(user_ids: np.ndarray, item_ids: np.ndarray, timestamps: np.ndarray,
+                         n_items: int, holdout: int = 2) -> np.ndarray:
+    """Item popularity in the training sequences: interactions per item id, ``[n_items]`` int64.
+
+    The same training part as :func:`cooccurrence_counts` (each user's last ``holdout``
+    interactions dropped), so popularity groups never see the valid or test targets; a
+    repeated interaction counts each time.
+    """
+    users, items, times = _check_inputs(user_ids, item_ids, timestamps, n_items, holdout)
+    rows, _ = _training_mask(users, times, holdout)
+    return np.bincount(items[rows], minlength=n_items).astype(np.int64)
 
 
 def naive_cooccurrence_counts(user_ids: np.ndarray, item_ids: np.ndarray, timestamps: np.ndarray,
