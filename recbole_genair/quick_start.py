@@ -74,7 +74,11 @@ def make_trainer(config, model, dataset) -> GenAIRTrainer:
 
 def run(model: str = "SASRec", dataset: str = "ml-100k", method: str = "base", config_file_list=None,
         config_dict=None, saved: bool = True, callback: Optional[Callable] = None) -> dict:
-    """Train with early stopping on valid NDCG@10, then evaluate the best model on test."""
+    """Train with early stopping on valid NDCG@10, then evaluate the best model on test.
+
+    Returns RecBole's results plus ``epochs_run``, ``best_epoch`` (0-based), ``valid_curve``
+    (the valid score of each validation) and ``median_epoch_seconds``.
+    """
     config = build_config(model, dataset, method, config_file_list, config_dict)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
@@ -97,7 +101,7 @@ def run(model: str = "SASRec", dataset: str = "ml-100k", method: str = "base", c
     return {"model": model, "method": method, "dataset": dataset,
             "best_valid_score": best_valid_score, "valid_score_bigger": config["valid_metric_bigger"],
             "best_valid_result": dict(best_valid_result or {}), "test_result": dict(test_result or {}),
-            "saved_model_file": trainer.saved_model_file, "protocol": protocol}
+            "saved_model_file": trainer.saved_model_file, "protocol": protocol, **trainer.training_summary()}
 
 
 def load_data_and_model(model_file: str):

@@ -11,6 +11,8 @@ unchanged.  ``eval_negatives: 0`` switches to plain full ranking.
 """
 from __future__ import annotations
 
+import statistics
+import time
 import zlib
 from typing import Optional
 
@@ -59,6 +61,30 @@ class GenAIRTrainer(Trainer):
     def __init__(self, config, model):
         super().__init__(config, model)
         self.eval_negatives: Optional[torch.Tensor] = None
+        self.epoch_seconds: list[float] = []           # wall time of each training epoch
+        self.valid_curve: list[tuple[int, float]] = []  # (epoch, valid score) of each validation
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        started = time.perf_counter()
+        loss = super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
+        self.epoch_seconds.append(time.perf_counter() - started)
+        return loss
+
+    def _valid_epoch(self, valid_data, show_progress=False):
+        score, result = super()._valid_epoch(valid_data, show_progress=show_progress)
+        self.valid_curve.append((len(self.epoch_seconds) - 1, float(score)))
+        return score, result
+
+    def training_summary(self) -> dict:
+        """Epochs trained, the best-valid epoch (as early stopping chose it), the valid curve, epoch time."""
+        best = None
+        for epoch, score in self.valid_curve:  # first strict improvement wins, as in RecBole's early_stopping
+            if best is None or (score > best[1] if self.valid_metric_bigger else score < best[1]):
+                best = (epoch, score)
+        return {"epochs_run": len(self.epoch_seconds), "best_epoch": None if best is None else best[0],
+                "valid_curve": [round(score, 6) for _, score in self.valid_curve],
+                "median_epoch_seconds": (round(statistics.median(self.epoch_seconds), 2)
+                                         if self.epoch_seconds else None)}
 
     def set_negatives(self, negatives: Optional[torch.Tensor]) -> None:
         self.eval_negatives = None if negatives is None else negatives.to(self.device)

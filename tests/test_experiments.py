@@ -152,6 +152,10 @@ def test_one_real_cell(fast_config, tmp_path):
     assert record["seed"] == 2020  # properties/overall.yaml's seed, k = 0
     assert 0 < record["test_result"]["ndcg@10"] <= record["test_result"]["hit@10"] <= 1
     assert record["protocol"] == "100 fixed sampled negatives per user"
+    epochs = fast_config["epochs"]
+    assert record["epochs_run"] == epochs and len(record["valid_curve"]) == epochs
+    assert record["valid_curve"][record["best_epoch"]] == pytest.approx(record["best_valid_score"], abs=1e-6)
+    assert record["median_epoch_seconds"] > 0
     assert "| SASRec | HR@10 | **" in (tmp_path / "table2.md").read_text()
     assert run_experiments("ml-100k", models=["SASRec"], methods=["base"], seeds=1,
                            overrides=fast_config, out=tmp_path).ran == 0
@@ -169,3 +173,18 @@ def test_report_runs_nothing_and_lists_missing_cells(fake, tmp_path):
     assert main(["--dataset=toy", "--methods=base,genair", "--models=SASRec", "--seeds=2", f"--out={tmp_path}",
                  "--seed=100", "--epochs=5", "--report"]) == 0
     assert len(fake.calls) == 4 and "- SASRec / genair / seed 101" in (tmp_path / "table2.md").read_text()
+
+
+def test_training_summary_picks_the_epoch_early_stopping_keeps():
+    from recbole_genair.trainer import GenAIRTrainer
+    trainer = object.__new__(GenAIRTrainer)   # only the bookkeeping, no model
+    trainer.valid_metric_bigger = True
+    trainer.epoch_seconds = [3.0, 1.0, 2.0, 5.0]
+    trainer.valid_curve = [(0, 0.1), (1, 0.3), (2, 0.3), (3, 0.2)]
+    summary = trainer.training_summary()
+    assert summary == {"epochs_run": 4, "best_epoch": 1, "valid_curve": [0.1, 0.3, 0.3, 0.2],
+                       "median_epoch_seconds": 2.5}
+    trainer.valid_metric_bigger = False           # e.g. a loss as the valid metric
+    assert trainer.training_summary()["best_epoch"] == 0
+    trainer.valid_curve = [(1, 0.2), (3, 0.1)]    # eval_step 2: epochs stay the training epochs
+    assert trainer.training_summary()["best_epoch"] == 3
