@@ -309,6 +309,8 @@ def pvalue_text(p: Optional[float]) -> str:
         return ""
     if math.isnan(p):
         return "n/a"
+    if p == 0:  # below the smallest double: scipy returns 0
+        return "< 1e-300"
     return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
 
 

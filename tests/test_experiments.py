@@ -188,3 +188,9 @@ def test_training_summary_picks_the_epoch_early_stopping_keeps():
     assert trainer.training_summary()["best_epoch"] == 0
     trainer.valid_curve = [(1, 0.2), (3, 0.1)]    # eval_step 2: epochs stay the training epochs
     assert trainer.training_summary()["best_epoch"] == 3
+
+
+def test_pvalue_text():
+    assert experiments.pvalue_text(None) == "" and experiments.pvalue_text(float("nan")) == "n/a"
+    assert experiments.pvalue_text(0.0123) == "0.012" and experiments.pvalue_text(2.5e-7) == "2.50e-07"
+    assert experiments.pvalue_text(0.0) == "< 1e-300"
