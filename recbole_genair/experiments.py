@@ -54,7 +54,9 @@ RESULTS_FILE = "results.jsonl"
 NON_RESULT_KEYS = frozenset({"seed", "show_progress", "state", "checkpoint_dir", "torch_threads",
                              "log_wandb", "wandb_project"})
 # Options of this module's command line; every other --key=value is a RecBole setting.
-TRAINING_KEYS = ("epochs_run", "best_epoch", "median_epoch_seconds", "valid_curve")
+# Training bookkeeping of quick_start.run kept in each record; runs.csv shows all but the curve.
+TRAINING_COLUMNS = ("epochs_run", "best_epoch", "median_epoch_seconds")
+TRAINING_KEYS = (*TRAINING_COLUMNS, "valid_curve")
 RUNNER_OPTIONS = frozenset({"dataset", "methods", "models", "seeds", "config_files", "out", "metrics", "report"})
 
 
@@ -373,12 +375,12 @@ def runs_csv(records: list[dict]) -> tuple[list[str], list[dict]]:
     test_keys = sorted({k for r in records for k in r["test_result"]})
     valid_keys = sorted({k for r in records for k in r["best_valid_result"]})
     columns = (["dataset", "model", "method", "seed", "config_hash"] + [f"test_{k}" for k in test_keys]
-               + [f"valid_{k}" for k in valid_keys] + ["seconds", *TRAINING_KEYS[:3], "protocol", "saved_model_file",
+               + [f"valid_{k}" for k in valid_keys] + ["seconds", *TRAINING_COLUMNS, "protocol", "saved_model_file",
                                                        "finished"])
     rows = []
     for r in records:
         row = {k: r.get(k) for k in ("dataset", "model", "method", "seed", "config_hash", "seconds",
-                                     *TRAINING_KEYS[:3], "protocol", "saved_model_file", "finished")}
+                                     *TRAINING_COLUMNS, "protocol", "saved_model_file", "finished")}
         row.update({f"test_{k}": v for k, v in r["test_result"].items()})
         row.update({f"valid_{k}": v for k, v in r["best_valid_result"].items()})
         rows.append(row)

@@ -130,17 +130,14 @@ def checkpoint_ranks(model_file: str, split: str = "test", full_ranking: bool = 
     (model selection stays what it was in training).
     """
     from recbole_genair.data.cooccurrence import training_item_counts
+    from recbole_genair.data.dataset import interaction_columns
     from recbole_genair.quick_start import load_data_and_model, make_trainer
     config, model, dataset, _train, valid_data, test_data = load_data_and_model(model_file)
     trainer = make_trainer(config, model, dataset)
     if full_ranking:
         trainer.set_negatives(None)
     users, items, ranks, top = trainer.user_ranks(test_data if split == "test" else valid_data, top_k=TOP_K)
-    feat = dataset.inter_feat
-    time = np.asarray(feat[dataset.time_field]) if dataset.time_field else np.arange(len(feat))
-    counts = training_item_counts(np.asarray(feat[dataset.uid_field]), np.asarray(feat[dataset.iid_field]),
-                                  time, n_items=dataset.item_num)
-    head = popular_items(counts)
+    head = popular_items(training_item_counts(*interaction_columns(dataset), n_items=dataset.item_num))
     tokens = [str(t) for t in dataset.field2id_token[dataset.uid_field]]
     protocol = {key: repr(config[key]) for key in PROTOCOL_KEYS
                 if not (full_ranking and key.startswith("eval_negatives"))}

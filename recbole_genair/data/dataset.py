@@ -19,6 +19,17 @@ from recbole_genair.data.features import FeatureFileError, align_by_token, read_
 FEATURE_FIELDS = {"prefill": "prefill_emb", "decoding": "decoding_emb"}
 
 
+def interaction_columns(dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(user ids, item ids, times)`` of a RecBole data set's interactions, in internal ids.
+
+    Without a time field the row order stands for time.  ``inter_feat`` is a DataFrame until
+    RecBole's ``build()`` and an ``Interaction`` after it; ``np.asarray`` reads both forms.
+    """
+    feat = dataset.inter_feat
+    time = np.asarray(feat[dataset.time_field]) if dataset.time_field else np.arange(len(feat))
+    return np.asarray(feat[dataset.uid_field]), np.asarray(feat[dataset.iid_field]), time
+
+
 def default_feature_file(config) -> Path:
     return Path(config["data_path"]) / f"{config['dataset']}.archetype"
 
@@ -47,7 +58,4 @@ class ArchetypeDataset(SequentialDataset):
                 for n in names}
 
     def _training_cooccurrence(self):
-        feat = self.inter_feat  # a DataFrame until RecBole's build(); np.asarray reads both forms
-        time = np.asarray(feat[self.time_field]) if self.time_field else np.arange(len(feat))
-        return cooccurrence_counts(np.asarray(feat[self.uid_field]), np.asarray(feat[self.iid_field]), time,
-                                   n_items=self.item_num, holdout=2)
+        return cooccurrence_counts(*interaction_columns(self), n_items=self.item_num, holdout=2)
