@@ -14,6 +14,12 @@ Layers, lowest priority first:
 
 Data sets converted into the project's ``dataset/`` folder are read from there, also for
 ``ml-100k`` (which RecBole would otherwise force to its bundled copy).
+
+The paper trains with CE, which RecBole requires to run without sampled training negatives
+(``train_neg_sample_args: ~`` in ``properties/overall.yaml``).  ``--loss_type=BPR`` on its
+own would then crash mid-epoch on a missing negative-item column, so a BPR run that names no
+sampler gets RecBole's own default (``BPR_NEGATIVES``: one uniform negative per positive); it
+shows in the configuration RecBole logs, and an explicit ``train_neg_sample_args`` wins.
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ import os
 from pathlib import Path
 
 from recbole.config import Config as RecBoleConfig
+from recbole.utils import ModelType
 from recbole.model.abstract_recommender import AbstractRecommender
 
 from recbole_genair.paths import DATASET_DIR, PROPERTIES_DIR
@@ -28,6 +35,10 @@ from recbole_genair.registry import get_model, split_model_name
 
 RECBOLE_PROPERTIES = Path(os.path.dirname(os.path.realpath(
     __import__("recbole.config.configurator", fromlist=["x"]).__file__))).parent / "properties"
+
+
+# RecBole's overall.yaml default sampler, for BPR runs that name none (see the module doc).
+BPR_NEGATIVES = {"distribution": "uniform", "sample_num": 1, "alpha": 1.0, "dynamic": False, "candidate_num": 0}
 
 
 def recbole_ancestors(model_class) -> list:
@@ -80,3 +91,7 @@ class Config(RecBoleConfig):
             self.final_config_dict["data_path"] = os.path.join(user_path, self.dataset)
         elif (DATASET_DIR / self.dataset).is_dir():
             self.final_config_dict["data_path"] = str(DATASET_DIR / self.dataset)
+        final = self.final_config_dict
+        if (final.get("loss_type") == "BPR" and final.get("MODEL_TYPE") == ModelType.SEQUENTIAL
+                and final.get("train_neg_sample_args") in (None, "None")):
+            final["train_neg_sample_args"] = dict(BPR_NEGATIVES)

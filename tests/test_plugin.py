@@ -44,6 +44,21 @@ def test_config_layers_parent_defaults_plugin_yaml_and_overrides(data_root):
     assert base["data_path"] == str(data_root / "ml-100k")  # not RecBole's bundled copy
 
 
+def test_bpr_loss_gets_training_negatives_and_trains(fast_config):
+    ce = build_config("GRU4Rec", "ml-100k", "genair", config_dict=fast_config)
+    assert ce["train_neg_sample_args"]["distribution"] == "none"  # CE: RecBole forbids negatives
+    bpr = build_config("GRU4Rec", "ml-100k", "genair", config_dict=dict(fast_config, loss_type="BPR"))
+    assert bpr["train_neg_sample_args"]["distribution"] == "uniform"
+    assert bpr["train_neg_sample_args"]["sample_num"] == 1
+    mine = {"distribution": "popularity", "sample_num": 2, "alpha": 1.0, "dynamic": False, "candidate_num": 0}
+    explicit = build_config("GRU4Rec", "ml-100k", "genair",
+                            config_dict=dict(fast_config, loss_type="BPR", train_neg_sample_args=mine))
+    assert explicit["train_neg_sample_args"]["distribution"] == "popularity"
+    # the BPR path (negative-item column, calibration on the same step) trains end to end
+    result = run("GRU4Rec", "ml-100k", "genair", config_dict=dict(fast_config, loss_type="BPR", epochs=2))
+    assert result["best_valid_result"]["ndcg@10"] > 0.08, result
+
+
 def test_unknown_dataset_is_one_line_error():
     with pytest.raises(UnknownChoiceError, match="recbole_genair.datasets"):
         build_config("SASRec", "NoSuchData", "base")
