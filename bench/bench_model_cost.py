@@ -32,12 +32,18 @@ validation batches (``eval_batch_size`` 1024 users); the first GenAIR call after
 builds the cached projected table (reported separately as a one-off cost); afterwards base
 and genair alternate batch by batch in rounds.
 
+**Sampled ranking loss.**  ``--loss_type BPR`` (one uniform negative per positive, the
+reference code's kind of objective) times the same variants; GenAIR then projects only the
+rows a step looks up (``CachedTable.step(sparse=True)``), and a fourth variant, "genair
+dense", forces the whole-table projection per step, so the saving shows side by side.
+
 Run from the project root (both sides in one process, 1 thread):
 
     python bench/bench_model_cost.py                  # Amazon_Beauty, 60 steps, 3 backbones
     python bench/bench_model_cost.py --quick          # smoke: 10 steps, 1 inference batch
     python bench/bench_model_cost.py --dataset ml-100k
     python bench/bench_model_cost.py --synthetic      # random features of ml-100k's widths
+    python bench/bench_model_cost.py --loss_type BPR --max_len 20 --backbones GRU4Rec,SASRec
 """
 from __future__ import annotations
 
@@ -115,6 +121,12 @@ def bench_backbone(backbone: str, args, extra: dict, genair_extra: dict) -> dict
     cfg_g["calibration_alpha"] = 0.0
     init_seed(cfg_g["seed"], cfg_g["reproducibility"])
     nocal = cfg_g.model_class(cfg_g, train_g._dataset)
+    cfg_g["calibration_alpha"] = genair.calibration_alpha
+    dense = None
+    if genair.sparse_step():  # the same model class with the whole table projected per step
+        init_seed(cfg_g["seed"], cfg_g["reproducibility"])
+        dense = cfg_g.model_class(cfg_g, train_g._dataset)
+        dense.sparse_step = lambda: False
     alpha = float(genair.calibration_alpha)
     setup_s = time.perf_counter() - t0
 
@@ -128,6 +140,8 @@ def bench_backbone(backbone: str, args, extra: dict, genair_extra: dict) -> dict
     load_per_batch = (time.perf_counter() - t_load) / len(batches)
 
     models = {"base": base, "genair": genair, "genair α=0": nocal}
+    if dense is not None:
+        models["genair dense"] = dense
     opts = {k: torch.optim.Adam(m.parameters(), lr=float(cfg_b["learning_rate"])) for k, m in models.items()}
     for m in models.values():
         m.train()
@@ -161,6 +175,7 @@ def bench_backbone(backbone: str, args, extra: dict, genair_extra: dict) -> dict
             break
     for m in models.values():
         m.eval()
+    models.pop("genair dense", None)
     with torch.no_grad():
         t = time.perf_counter()
         genair.full_sort_predict(eval_batches[0])              # builds the cached table
@@ -199,10 +214,12 @@ def bench_backbone(backbone: str, args, extra: dict, genair_extra: dict) -> dict
            "inf": {k: med(v) for k, v in inf.items()}, "n_inf": len(inf["base"]),
            "eval_users": int(len(eval_batches[0])), "alpha": alpha, "setup_s": setup_s,
            "proj_gflop": (proj_fwd + proj_bwd) / 1e9, "ce_gflop": ce_flops / 1e9,
-           "n_items": n_rows, "feat_dim": emb.features.shape[1]}
+           "n_items": n_rows, "feat_dim": emb.features.shape[1], "loss_type": cfg_b["loss_type"]}
     s = res["steps"]
     print(f"  {backbone}: base {1e3 * s['base']:.1f} ms/step, genair {1e3 * s['genair']:.1f}, "
-          f"genair α=0 {1e3 * s['genair α=0']:.1f}, projector alone {1e3 * s['projector']:.1f}; "
+          f"genair α=0 {1e3 * s['genair α=0']:.1f}, "
+          + (f"genair dense {1e3 * s['genair dense']:.1f}, " if "genair dense" in s else "")
+          + f"projector alone {1e3 * s['projector']:.1f}; "
           f"loader {1e3 * load_per_batch:.1f} ms/batch; inference base {1e3 * res['inf']['base']:.1f} ms, "
           f"genair {1e3 * res['inf']['genair']:.1f} ms per {res['eval_users']} users "
           f"(setup {setup_s:.0f} s)", flush=True)
@@ -212,15 +229,19 @@ def bench_backbone(backbone: str, args, extra: dict, genair_extra: dict) -> dict
 def report(results: List[dict], args, synthetic: bool) -> None:
     print(f"\n## training (median ms per step over {results[0]['n_steps']['base']} steps per variant; "
           f"ratio = variant / base)")
+    dense = "genair dense" in results[0]["steps"]
+    print(f"loss_type {results[0]['loss_type']}")
     print("| backbone | batches/epoch | base ms | genair ms | ratio | genair α=0 ms | ratio α=0 | "
-          "projector fwd+bwd ms | loader ms/batch | epoch base s | epoch genair s | epoch ratio | goal ≤ 1.15 |")
-    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|:-:|")
+          + ("genair dense ms | ratio dense | " if dense else "")
+          + "projector (whole table) fwd+bwd ms | loader ms/batch | epoch base s | epoch genair s | epoch ratio | goal ≤ 1.15 |")
+    print("|---|--:|--:|--:|--:|--:|--:|" + ("--:|--:|" if dense else "") + "--:|--:|--:|--:|--:|:-:|")
     for r in results:
         s, L, nb = r["steps"], r["load_per_batch"], r["batches_per_epoch"]
         eb, eg = nb * (s["base"] + L), nb * (s["genair"] + L)
         print(f"| {r['backbone']} | {nb} | {1e3 * s['base']:.1f} | {1e3 * s['genair']:.1f} | "
               f"{s['genair'] / s['base']:.2f} | {1e3 * s['genair α=0']:.1f} | {s['genair α=0'] / s['base']:.2f} | "
-              f"{1e3 * s['projector']:.1f} | {1e3 * L:.1f} | {eb:.0f} | {eg:.0f} | {eg / eb:.2f} | "
+              + (f"{1e3 * s['genair dense']:.1f} | {s['genair dense'] / s['base']:.2f} | " if dense else "")
+              + f"{1e3 * s['projector']:.1f} | {1e3 * L:.1f} | {eb:.0f} | {eg:.0f} | {eg / eb:.2f} | "
               f"{'met' if eg / eb <= 1.15 else 'NOT met'} |")
     print(f"\n## full-sort inference (median ms per batch of {results[0]['eval_users']} users over "
           f"{results[0]['n_inf']} calls each, cached table warm; ratio = genair / base)")
@@ -251,6 +272,10 @@ def main() -> None:
     parser.add_argument("--eval_batches", type=int, default=5)
     parser.add_argument("--eval_rounds", type=int, default=6)
     parser.add_argument("--quick", action="store_true", help="smoke: 10 steps, 1 eval batch")
+    parser.add_argument("--loss_type", default="CE", choices=("CE", "BPR"),
+                        help="ranking loss of every variant (BPR: one sampled negative per positive)")
+    parser.add_argument("--max_len", type=int, default=0,
+                        help="MAX_ITEM_LIST_LENGTH (0: the properties' value)")
     parser.add_argument("--synthetic", action="store_true",
                         help="time random features of ml-100k's PCA sizes instead of the data set's real file")
     args = parser.parse_args()
@@ -262,7 +287,9 @@ def main() -> None:
 
     tmp = tempfile.TemporaryDirectory(prefix="bench_model_cost_")
     extra = {"show_progress": False, "state": "WARNING", "torch_threads": 1, "eval_batch_size": 1024,
-             "eval_negatives": 0, "checkpoint_dir": str(Path(tmp.name) / "saved")}
+             "eval_negatives": 0, "checkpoint_dir": str(Path(tmp.name) / "saved"), "loss_type": args.loss_type}
+    if args.max_len:
+        extra["MAX_ITEM_LIST_LENGTH"] = args.max_len
     genair_extra: dict = {}
     real_file = DATASET_DIR / args.dataset / f"{args.dataset}.archetype"
     if not real_file.exists() and not args.synthetic:

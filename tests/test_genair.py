@@ -134,3 +134,39 @@ def test_checkpoint_refuses_other_features(fast_config, tmp_path, data_root):
     _, _, model2, _ = _prepare(fast_config, archetype_feature_file=str(other))
     with pytest.raises(RuntimeError, match="other archetype features"):
         model2.load_state_dict(state)
+
+
+@pytest.mark.parametrize("backbone", ["SASRec", "GRU4Rec", "BERT4Rec"])
+def test_bpr_step_projects_only_looked_up_rows_with_the_same_loss_and_gradients(backbone, fast_config):
+    _, (train, _, _), model, _ = _prepare(fast_config, backbone, loss_type="BPR", calibration_alpha=0.1)
+    table = model.item_embedding
+    interaction = next(iter(train))
+    model.train()
+    assert model.sparse_step()
+    projected = []
+    original = table.project
+    table.compute_table = lambda: projected.append(1) or original()
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_and_grads(sparse):
+        torch.manual_seed(0)  # same dropout masks on both paths
+        model.sparse_step = lambda: sparse
+        loss = model.calculate_loss(interaction)
+        return loss.detach(), torch.autograd.grad(loss, params, allow_unused=True)
+
+    sparse_loss, sparse_grads = loss_and_grads(True)
+    assert projected == []  # BPR and the calibration only looked rows up
+    dense_loss, dense_grads = loss_and_grads(False)
+    assert projected == [1]
+    torch.testing.assert_close(sparse_loss, dense_loss, rtol=1e-5, atol=1e-6)
+    for s, d in zip(sparse_grads, dense_grads):
+        assert (s is None) == (d is None)
+        if s is not None:
+            torch.testing.assert_close(s, d, rtol=1e-4, atol=1e-6)
+    # rows of the padding id stay zero and BERT4Rec's mask token row is its trainable vector
+    with table.step(sparse=True):
+        ids = torch.tensor([[0, 1, table.num_embeddings - 1]])
+        rows = table(ids)
+    full = original()
+    torch.testing.assert_close(rows[0], full[ids[0]])
+    assert torch.all(rows[0, 0] == 0)

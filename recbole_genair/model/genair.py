@@ -51,7 +51,7 @@ class GenAIRMixin(FeatureModelMixin):
         if self.calibration is None:
             return None
         items = self.batch_target_items(interaction)
-        return self.calibration_alpha * self.calibration(self.item_embedding.weight[items], items)
+        return self.calibration_alpha * self.calibration(self.item_embedding(items), items)
 
 
 class GenAIRSASRec(GenAIRMixin, SASRec):

@@ -9,7 +9,9 @@ their own ``forward``/``calculate_loss``/``predict``/``full_sort_predict`` uncha
 * Row 0 (padding) is always the zero vector; ``n_extra`` trainable rows follow the items
   (BERT4Rec's mask token).
 * Training: within :meth:`step` the table is projected once and shared by every use in
-  that step (sequence inputs and output scoring).
+  that step (sequence inputs and output scoring).  A *sparse* step (sampled ranking losses
+  such as BPR, which score only the batch's positives and negatives) projects only the rows
+  each lookup asks for; the whole table is still projected, once, if ``.weight`` is read.
 * Inference costs nothing extra (paper §3.3.2): in eval mode the projected table is cached
   and reused until the projector's parameters change (optimizer step, ``load_state_dict``)
   or the module goes back to training mode.
@@ -44,7 +46,8 @@ class CachedTable(nn.Module):
     """An ``nn.Embedding`` look-alike whose table :meth:`compute_table` derives from parameters.
 
     ``.weight`` is the whole table and calling the module looks rows up; inside
-    :meth:`step` the table is computed once and shared; in eval mode without grad it is
+    :meth:`step` the table is computed once and shared (or, in a sparse step, only the rows
+    looked up, when the subclass can compute rows); in eval mode without grad it is
     cached until a parameter or buffer changes (optimizer step, ``load_state_dict``) or the
     module goes back to training.  GenAIR's table and the baselines' tables derive from it.
     """
@@ -55,11 +58,16 @@ class CachedTable(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self._step_table: Optional[torch.Tensor] = None
+        self._sparse_step = False
         self._eval_table: Optional[torch.Tensor] = None
         self._eval_key: Optional[tuple] = None
 
     def compute_table(self) -> torch.Tensor:
         raise NotImplementedError
+
+    def compute_rows(self, ids: torch.Tensor) -> Optional[torch.Tensor]:
+        """``compute_table()[ids]`` without the rest of the table; ``None``: not supported."""
+        return None
 
     def _state_key(self) -> tuple:
         return tuple((t.data_ptr(), t._version) for t in (*self.parameters(), *self.buffers()))
@@ -67,6 +75,9 @@ class CachedTable(nn.Module):
     @property
     def weight(self) -> torch.Tensor:
         if self._step_table is not None:
+            return self._step_table
+        if self._sparse_step:  # a lookup needed the whole table: compute it once for the step
+            self._step_table = self.compute_table()
             return self._step_table
         if self.training or torch.is_grad_enabled():
             return self.compute_table()
@@ -76,16 +87,25 @@ class CachedTable(nn.Module):
         return self._eval_table
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self._sparse_step and self._step_table is None:
+            rows = self.compute_rows(ids)
+            if rows is not None:
+                return rows
         return self.weight[ids]
 
     @contextlib.contextmanager
-    def step(self) -> Iterator[torch.Tensor]:
-        """Compute the table once for one training step and share it inside the block."""
-        self._step_table = self.compute_table()
+    def step(self, sparse: bool = False) -> Iterator[Optional[torch.Tensor]]:
+        """One training step: the table is computed once and shared inside the block.
+
+        ``sparse``: compute only the rows looked up (yields ``None``); the same values and
+        gradients, cheaper when a step touches few of the items.
+        """
+        self._sparse_step = bool(sparse)
+        self._step_table = None if sparse else self.compute_table()
         try:
             yield self._step_table
         finally:
-            self._step_table = None
+            self._step_table, self._sparse_step = None, False
 
     def train(self, mode: bool = True):
         self._eval_table, self._eval_key = None, None
@@ -133,6 +153,16 @@ class ArchetypeItemEmbedding(CachedTable):
         return table
 
     compute_table = project
+
+    def compute_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows ``ids`` of :meth:`project`, projecting each distinct id once."""
+        unique, inverse = torch.unique(ids.reshape(-1), return_inverse=True)
+        item = unique.clamp(max=self.num_items - 1)
+        rows = self.projector(self.features[item]) * self.row_mask[item]
+        if self.extra is not None:
+            is_extra = (unique >= self.num_items).unsqueeze(-1)
+            rows = torch.where(is_extra, self.extra[(unique - self.num_items).clamp(min=0)], rows)
+        return rows[inverse].reshape(*ids.shape, self.embedding_dim)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):

@@ -19,10 +19,10 @@ from torch import nn
 from recbole_genair.data.dataset import ArchetypeDataset
 
 
-def table_step(table: nn.Module) -> ContextManager:
-    """``table.step()`` for computed tables, a no-op for a plain ``nn.Embedding``."""
+def table_step(table: nn.Module, sparse: bool = False) -> ContextManager:
+    """``table.step(sparse)`` for computed tables, a no-op for a plain ``nn.Embedding``."""
     step = getattr(table, "step", None)
-    return step() if callable(step) else contextlib.nullcontext()
+    return step(sparse=sparse) if callable(step) else contextlib.nullcontext()
 
 
 class FeatureModelMixin:
@@ -53,8 +53,14 @@ class FeatureModelMixin:
         """The method's loss term added to the backbone's (``None``: none)."""
         return None
 
+    def sparse_step(self) -> bool:
+        """Whether a training step needs only looked-up rows of the item table: RecBole's
+        BPR scores the batch's positive and negative items by lookup; CE reads the whole
+        table (every item is a logit)."""
+        return getattr(self, "loss_type", "CE") == "BPR"
+
     def calculate_loss(self, interaction):
-        with table_step(self.item_embedding):
+        with table_step(self.item_embedding, sparse=self.sparse_step()):
             loss = super().calculate_loss(interaction)
             extra = self.auxiliary_loss(interaction)
         return loss if extra is None else loss + extra

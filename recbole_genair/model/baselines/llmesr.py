@@ -126,7 +126,8 @@ class DualViewEmbedding(CachedTable):
         return self.weight[ids]
 
     @contextlib.contextmanager
-    def step(self) -> Iterator[torch.Tensor]:
+    def step(self, sparse: bool = False) -> Iterator[torch.Tensor]:
+        """Always dense: both views' tables are computed once per step (``sparse`` ignored)."""
         with self.semantic.step(), super().step() as table:
             yield table
 
