@@ -2,7 +2,8 @@
 
 Claim checked: on Amazon_Beauty, GenAIR at α = 1e-3 and at α = 0 (and at α = 0.1) train to
 the same validation curve (bench/RESULTS.md).  This measures why: on the training batches of
-a trained GenAIR checkpoint, the ranking loss (RecBole's CE over all items) and the
+a trained GenAIR checkpoint, the ranking loss (the checkpoint's ``loss_type``: RecBole's CE
+over all items, or BPR with one sampled negative) and the
 calibration loss (paper Eq. 13-14, mean over ordered pairs of the batch's distinct target
 items), their values and the norms of their gradients with respect to the projector's
 parameters (the only item-side parameters GenAIR trains), then the ratios
@@ -65,7 +66,7 @@ def main(argv=None) -> int:
     print(f"{config['model']} on {config['dataset']}, checkpoint trained with α = {config['calibration_alpha']}, "
           f"γ = {config['calibration_gamma']}, t = {config['calibration_t']}; {n} training batches of "
           f"{config['train_batch_size']} ({mean(sizes):.0f} distinct target items on average)")
-    print(f"L_rank (CE) mean {mean(rank):.4f}; L_cal mean {mean(cal):.5f}; "
+    print(f"L_rank ({config['loss_type']}) mean {mean(rank):.4f}; L_cal mean {mean(cal):.5f}; "
           f"||∇L_rank|| {mean(g_rank):.4g}; ||∇L_cal|| {mean(g_cal):.4g} (w.r.t. the projector)")
     print("| α | α·L_cal / L_rank | α·‖∇L_cal‖ / ‖∇L_rank‖ |")
     print("|---|--:|--:|")
