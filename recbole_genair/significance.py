@@ -122,6 +122,36 @@ class Evaluated:
 
 TOP_K = 10
 
+# Config keys that say where or how fast a run went, not what was trained: never label a model.
+INCIDENTAL_KEYS = frozenset({
+    "checkpoint_dir", "data_path", "device", "gpu_id", "local_rank", "single_spec", "nproc", "world_size",
+    "offset", "ip", "port", "show_progress", "state", "torch_threads", "worker", "eval_batch_size",
+    "log_wandb", "wandb_project", "shuffle", "benchmark_filename", "config_files", "model", "MODEL_TYPE",
+    "MODEL_INPUT_TYPE", "backbone", "method"})
+MAX_LABEL_KEYS = 4
+
+
+def model_settings(config) -> dict:
+    """A checkpoint's configuration as ``{key: repr(value)}`` (what labels are told apart by)."""
+    return {k: repr(v) for k, v in config.final_config_dict.items() if k not in INCIDENTAL_KEYS}
+
+
+def labels_for(a: "Evaluated", b: "Evaluated") -> tuple[str, str]:
+    """``backbone/method`` for each checkpoint, plus the settings both have but set differently
+    (e.g. ``GRU4Rec/genair (calibration_alpha=0.0)``), so two runs of one method stay apart.
+    Keys only one has are the method's own (the method name already says so)."""
+    sa, sb = a.about.get("settings", {}), b.about.get("settings", {})
+    differ = sorted(k for k in set(sa) & set(sb) if sa[k] != sb[k])
+
+    def label(e: "Evaluated", settings: dict) -> str:
+        text = f"{e.about['model']}/{e.about['method']}"
+        shown = [f"{k}={settings[k]}" for k in differ[:MAX_LABEL_KEYS]]
+        if len(differ) > MAX_LABEL_KEYS:
+            shown.append(f"+{len(differ) - MAX_LABEL_KEYS} more")
+        return f"{text} ({', '.join(shown)})" if shown else text
+
+    return label(a, sa), label(b, sb)
+
 
 def checkpoint_ranks(model_file: str, split: str = "test", full_ranking: bool = False) -> Evaluated:
     """Ranks of one saved model's held-out items, with their popularity group.
@@ -142,7 +172,8 @@ def checkpoint_ranks(model_file: str, split: str = "test", full_ranking: bool = 
     protocol = {key: repr(config[key]) for key in PROTOCOL_KEYS
                 if not (full_ranking and key.startswith("eval_negatives"))}
     protocol["dataset"] = config["dataset"]
-    about = {"model": config["backbone"], "method": config["method"], "file": str(model_file)}
+    about = {"model": config["backbone"], "method": config["method"], "file": str(model_file),
+             "settings": model_settings(config)}
     return Evaluated(ranks={tokens[u]: int(r) for u, r in zip(users, ranks)},
                      popular={tokens[u]: bool(head[i]) for u, i in zip(users, items)},
                      protocol=protocol, about=about, top_popular_share=float(head[top].mean()),
@@ -204,7 +235,7 @@ def main(argv=None) -> int:
         differ = {k: (a.protocol[k], b.protocol[k]) for k in a.protocol if a.protocol[k] != b.protocol.get(k)}
         parser.error(f"the checkpoints were evaluated under different protocols: {differ}")
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    labels = (f"{a.about['model']}/{a.about['method']}", f"{b.about['model']}/{b.about['method']}")
+    labels = labels_for(a, b)
     split = args.split + (", full ranking" if args.full_ranking else "")
     text = render(compare(a.ranks, b.ranks, metrics, args.bootstrap, args.seed), *labels, split)
     if args.by_popularity:

@@ -8,7 +8,7 @@ import pytest
 
 from recbole_genair.quick_start import run
 from recbole_genair.data.cooccurrence import training_item_counts
-from recbole_genair.significance import checkpoint_ranks, compare, main, per_user_metric, popular_items
+from recbole_genair.significance import Evaluated, labels_for, checkpoint_ranks, compare, main, per_user_metric, popular_items
 
 
 def test_per_user_metrics_from_ranks():
@@ -81,3 +81,21 @@ def test_checkpoint_ranks_reproduce_recboles_test_metrics(fast_config, tmp_path)
     assert f"| B = SASRec/base | {evaluated.top_popular_share:.1%} | {evaluated.top_distinct:,} |" in text
     assert "popular targets (top 20%" in text and f"| {n_popular:,} |" in text
     assert f"| {len(ranks) - n_popular:,} |" in text
+
+
+def test_labels_name_the_settings_two_checkpoints_differ_in():
+    def evaluated(method, **settings):
+        about = {"model": "GRU4Rec", "method": method, "settings": {k: repr(v) for k, v in settings.items()}}
+        return Evaluated(ranks={}, popular={}, protocol={}, about=about)
+
+    common = {"hidden_size": 64, "loss_type": "CE"}
+    a = evaluated("genair", calibration_alpha=0.0, **common)
+    b = evaluated("genair", calibration_alpha=0.001, **common)
+    assert labels_for(a, b) == ("GRU4Rec/genair (calibration_alpha=0.0)", "GRU4Rec/genair (calibration_alpha=0.001)")
+    base = evaluated("base", **common)  # genair's own keys are not differences
+    assert labels_for(base, b) == ("GRU4Rec/base", "GRU4Rec/genair")
+    many = evaluated("genair", calibration_alpha=0.1, hidden_size=1, loss_type="BPR", a=1, b=2, c=3)
+    a = evaluated("genair", calibration_alpha=0.0, a=0, b=0, c=0, **common)
+    label = labels_for(a, many)[1]
+    assert label.startswith("GRU4Rec/genair (a=1, b=2, c=3, calibration_alpha=0.1") and label.endswith("+2 more)")
+    assert labels_for(a, a) == ("GRU4Rec/genair", "GRU4Rec/genair")
