@@ -122,18 +122,20 @@ class Evaluated:
 
 TOP_K = 10
 
-# Config keys that say where or how fast a run went, not what was trained: never label a model.
+# Config keys that say where a run went or name the model, not what was trained; together
+# with the experiment runner's NON_RESULT_KEYS (except the seed) they never label a model.
 INCIDENTAL_KEYS = frozenset({
-    "checkpoint_dir", "data_path", "device", "gpu_id", "local_rank", "single_spec", "nproc", "world_size",
-    "offset", "ip", "port", "show_progress", "state", "torch_threads", "worker", "eval_batch_size",
-    "log_wandb", "wandb_project", "shuffle", "benchmark_filename", "config_files", "model", "MODEL_TYPE",
-    "MODEL_INPUT_TYPE", "backbone", "method"})
+    "data_path", "device", "gpu_id", "local_rank", "single_spec", "nproc", "world_size",
+    "offset", "ip", "port", "worker", "eval_batch_size", "shuffle", "benchmark_filename", "config_files",
+    "model", "MODEL_TYPE", "MODEL_INPUT_TYPE", "backbone", "method"})
 MAX_LABEL_KEYS = 4
 
 
 def model_settings(config) -> dict:
     """A checkpoint's configuration as ``{key: repr(value)}`` (what labels are told apart by)."""
-    return {k: repr(v) for k, v in config.final_config_dict.items() if k not in INCIDENTAL_KEYS}
+    from recbole_genair.experiments import NON_RESULT_KEYS
+    skip = INCIDENTAL_KEYS | (NON_RESULT_KEYS - {"seed"})
+    return {k: repr(v) for k, v in config.final_config_dict.items() if k not in skip}
 
 
 def labels_for(a: "Evaluated", b: "Evaluated") -> tuple[str, str]:
