@@ -10,6 +10,13 @@ setuptools<81, pyarrow<20) so RecBole itself runs unmodified; what remains is:
 * **RecBole's Ray objective** (``recbole.quick_start.objective_function``) reports *test*
   metrics and calls ``tune.report`` in a form newer Ray rejects; the package's own
   trainable in :mod:`recbole_genair.tune` replaces it (validation metrics per epoch).
+* **Known deprecation noise**: RecBole's trainer builds ``torch.cuda.amp.GradScaler`` (torch
+  deprecates that spelling, same object) and its ``_fill_nan`` calls
+  ``df[col].fillna(inplace=True)`` (pandas 2.x still fills the frame, only pandas 3 would not;
+  ``pandas<3`` is pinned).  :func:`quiet_recbole_deprecations` hides exactly these two
+  ``FutureWarning``s, raised from RecBole's own modules, so every run's log stays readable
+  (``quick_start.prepare`` and ``load_data_and_model`` install the filters); nothing else is
+  filtered.
 * **``get_model`` import side effects**: RecBole's lookup walks ``exlib_recommender``, which
   imports lightgbm/xgboost; :func:`recbole_builtin_model` looks only in the submodules that
   hold RecBole's PyTorch models.
@@ -19,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -64,3 +72,18 @@ def trusted_checkpoints():
         yield
     finally:
         torch.load = original
+
+
+# (message regex, module regex) of FutureWarnings RecBole 1.2.1 raises on current torch/pandas
+RECBOLE_DEPRECATIONS = (
+    (r"`torch\.cuda\.amp\.GradScaler\(args\.\.\.\)` is deprecated", r"recbole\.trainer\.trainer"),
+    (r"A value is trying to be set on a copy of a DataFrame or Series through chained assignment",
+     r"recbole\.data\.dataset\.dataset"),
+)
+
+
+def quiet_recbole_deprecations() -> None:
+    """Hide the known, harmless FutureWarnings RecBole's own code raises (see module doc)."""
+    for message, module in RECBOLE_DEPRECATIONS:
+        warnings.filterwarnings("ignore", message=message, category=FutureWarning, module=module)
+

@@ -15,7 +15,7 @@ from recbole.data import create_dataset as recbole_create_dataset
 from recbole.data import data_preparation
 from recbole.utils import get_environment, init_logger, init_seed, set_color
 
-from recbole_genair.compat import load_checkpoint
+from recbole_genair.compat import load_checkpoint, quiet_recbole_deprecations
 from recbole_genair.config import Config
 from recbole_genair.paths import DATASET_DIR
 from recbole_genair.registry import UnknownChoiceError, model_class
@@ -53,6 +53,7 @@ def build_config(model: str = "SASRec", dataset: str = "ml-100k", method: str = 
 
 def prepare(config: Config):
     """Seeded data set, loaders, model and trainer for ``config``."""
+    quiet_recbole_deprecations()
     init_seed(config["seed"], config["reproducibility"])
     if config["torch_threads"] and config["device"].type == "cpu":
         torch.set_num_threads(int(config["torch_threads"]))
@@ -106,6 +107,7 @@ def run(model: str = "SASRec", dataset: str = "ml-100k", method: str = "base", c
 
 def load_data_and_model(model_file: str):
     """RecBole's ``load_data_and_model`` for this package's checkpoints (torch>=2.6 safe)."""
+    quiet_recbole_deprecations()
     checkpoint = load_checkpoint(model_file)
     config = checkpoint["config"]
     init_seed(config["seed"], config["reproducibility"])
