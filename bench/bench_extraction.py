@@ -32,6 +32,7 @@ sides alike.  Run from the project root:
     python bench/bench_extraction.py --quick              # smoke: 32 items, 8 new tokens, 1 round
     python bench/bench_extraction.py --items 160 --max_new_tokens 64 --rounds 5
     python bench/bench_extraction.py --max_new_tokens 64 --no-variants --extra_batch 64
+    python bench/bench_extraction.py --no-variants --bf16  # also both sides with bfloat16 weights
 
 Besides ours (32, 16) and the reference, two intermediate variants decompose the gap:
 ``ref16 no-hs`` (the same ``generate`` call without ``output_hidden_states``: what keeping
@@ -39,6 +40,11 @@ every layer's states costs) and ``ours16 item-order`` (our loop on the reference
 batches: what ``generate``'s per-step machinery costs).  Forward hooks split each method's
 time into "inside the transformer + LM head" and "outside" (Python/generation overhead), and
 one run with ``max_new_tokens=1`` per side gives the prefill share.
+
+``--bf16`` loads the same LLM a second time with bfloat16 weights (``--dtype=bfloat16`` of the
+archetype step) and times both sides with it too (``ours32 sorted bf16``, ``ref16 bf16``); on a
+CPU with AMX/AVX512-BF16 the matrix products run natively in bf16.  It then prints how far the
+bf16 embeddings and tokens move from the fp32 ones (ours vs ours).
 """
 from __future__ import annotations
 
@@ -163,11 +169,11 @@ def run_ours(llm, prompt_ids, batches, max_new_tokens: int) -> Dict[int, tuple]:
 class InsideTimer:
     """Wall time spent inside the transformer stack and the LM head (forward hooks)."""
 
-    def __init__(self, model):
+    def __init__(self, *models):
         self.total = 0.0
         self._t0 = None
         self.handles = []
-        for module in (model.get_decoder(), model.get_output_embeddings()):
+        for module in (m for model in models for m in (model.get_decoder(), model.get_output_embeddings())):
             self.handles.append(module.register_forward_pre_hook(self._pre))
             self.handles.append(module.register_forward_hook(self._post))
 
@@ -211,6 +217,8 @@ def main() -> None:
                         help="also time ours at these (sorted) batch sizes, e.g. --extra_batch 64")
     parser.add_argument("--no-variants", action="store_true",
                         help="skip the two decomposition variants (ref16 no-hs, ours16 item-order)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="also time ours32 and ref16 with bfloat16 weights and compare with fp32")
     args = parser.parse_args()
     if args.quick:
         args.items, args.max_new_tokens, args.rounds = 32, 8, 1
@@ -239,6 +247,10 @@ def main() -> None:
     extra_batches = {f"ours{b} sorted": plan_batches(tokens, prompt_ids, b) for b in args.extra_batch}
     for name, b in extra_batches.items():
         methods[name] = (lambda b=b: run_ours(llm, prompt_ids, b, N))
+    llm16 = load_llm(dtype="bfloat16") if args.bf16 else None
+    if llm16 is not None:
+        methods["ours32 sorted bf16"] = lambda: run_ours(llm16, prompt_ids, sorted32, N)
+        methods["ref16 bf16"] = lambda: run_reference(llm16, prompt_ids, item_order, N, keep=False)
     if not args.no_variants:
         methods["ref16 no-hs"] = lambda: run_reference(llm, prompt_ids, item_order, N, hidden_states=False)
         methods["ours16 item-order"] = lambda: run_ours(llm, prompt_ids, item_order, N)
@@ -246,7 +258,10 @@ def main() -> None:
     # warm-up (one batch each), then the rounds
     run_ours(llm, prompt_ids, sorted32[:1], min(N, 4))
     run_reference(llm, prompt_ids, item_order[:1], min(N, 4), keep=False)
-    timer = InsideTimer(llm.model)
+    if llm16 is not None:
+        run_ours(llm16, prompt_ids, sorted32[:1], min(N, 4))
+        run_reference(llm16, prompt_ids, item_order[:1], min(N, 4), keep=False)
+    timer = InsideTimer(*[x.model for x in (llm, llm16) if x is not None])
     times: Dict[str, List[float]] = {k: [] for k in methods}
     inside: Dict[str, List[float]] = {k: [] for k in methods}
     names = list(methods)
@@ -270,13 +285,18 @@ def main() -> None:
     print("| method | batches | s | items/s | vs ref16 | inside model s | outside s |")
     print("|---|---|--:|--:|--:|--:|--:|")
     for k in names:
-        b = {"ours32 sorted": sorted32, "ours16 sorted": sorted16, **extra_batches}.get(k, item_order)
+        b = {"ours32 sorted": sorted32, "ours16 sorted": sorted16, "ours32 sorted bf16": sorted32, **extra_batches}.get(k, item_order)
         ins = statistics.median(inside[k])
         print(f"| {k} | {len(b)}×≤{max(map(len, b))} | {med[k]:.2f} | {n / med[k]:.2f} | "
               f"{ref / med[k]:.2f}x | {ins:.2f} | {med[k] - ins:.2f} |")
     print(f"\nours32 vs reference: {ref / med['ours32 sorted']:.2f}x  (goal >= 3x: "
           f"{'met' if ref / med['ours32 sorted'] >= 3 else 'NOT met'});  ours16 vs reference: "
           f"{ref / med['ours16 sorted']:.2f}x", flush=True)
+    if llm16 is not None:
+        print(f"bf16: ours32 bf16 vs reference as released (fp32): {ref / med['ours32 sorted bf16']:.2f}x "
+              f"(goal >= 3x: {'met' if ref / med['ours32 sorted bf16'] >= 3 else 'NOT met'}); vs ref16 bf16: "
+              f"{med['ref16 bf16'] / med['ours32 sorted bf16']:.2f}x; ours32 fp32 / ours32 bf16: "
+              f"{med['ours32 sorted'] / med['ours32 sorted bf16']:.2f}x", flush=True)
 
     # --- where the time goes: prefill vs decoding (ours32 with one new token ~ prefill only) --
     t0 = time.perf_counter()
@@ -293,6 +313,17 @@ def main() -> None:
     # --- agreement (one more untimed pass of each) -------------------------------------------
     ours = run_ours(llm, prompt_ids, sorted32, N)
     refb = run_reference(llm, prompt_ids, item_order, N, keep=True)
+    if llm16 is not None:
+        ours16 = run_ours(llm16, prompt_ids, sorted32, N)
+        same16 = [i for i in range(n) if ours16[i][2] == ours[i][2]]
+        print(f"\n## bf16 vs fp32 weights (ours32 both): generated token sequences identical "
+              f"{len(same16)}/{n} rows")
+        for label, k, idx in (("prefill", 0, list(range(n))), ("decoding, all rows", 1, list(range(n))),
+                              ("decoding, rows with identical tokens", 1, same16)):
+            if idx:
+                lo, mean = cos_stats(torch.stack([ours16[i][k] for i in idx]),
+                                     torch.stack([ours[i][k] for i in idx]))
+                print(f"{label}: cos min {lo:.5f} / mean {mean:.5f} (n={len(idx)})")
     R = {}
     for b in refb:
         for k, i in enumerate(b.rows):
