@@ -11,12 +11,12 @@ setuptools<81, pyarrow<20) so RecBole itself runs unmodified; what remains is:
   metrics and calls ``tune.report`` in a form newer Ray rejects; the package's own
   trainable in :mod:`recbole_genair.tune` replaces it (validation metrics per epoch).
 * **Known deprecation noise**: RecBole's trainer builds ``torch.cuda.amp.GradScaler`` (torch
-  deprecates that spelling, same object) and its ``_fill_nan`` calls
-  ``df[col].fillna(inplace=True)`` (pandas 2.x still fills the frame, only pandas 3 would not;
-  ``pandas<3`` is pinned).  :func:`quiet_recbole_deprecations` hides exactly these two
-  ``FutureWarning``s, raised from RecBole's own modules, so every run's log stays readable
-  (``quick_start.prepare`` and ``load_data_and_model`` install the filters); nothing else is
-  filtered.
+  deprecates that spelling, same object); its data set calls ``df[col].fillna(inplace=True)``
+  (pandas 2.x still fills the frame, only pandas 3 would not; ``pandas<3`` is pinned).
+  :func:`quiet_recbole_deprecations` hides exactly these ``FutureWarning``s, raised from
+  RecBole's own modules, so every run's log stays readable (``quick_start.create_dataset``
+  installs the filters, so ``run``, the tuner and ``load_data_and_model`` all get them);
+  nothing else is filtered.
 * **``get_model`` import side effects**: RecBole's lookup walks ``exlib_recommender``, which
   imports lightgbm/xgboost; :func:`recbole_builtin_model` looks only in the submodules that
   hold RecBole's PyTorch models.

@@ -39,6 +39,7 @@ def check_dataset(name: str, config_dict: Optional[dict]) -> None:
 
 def create_dataset(config):
     """The model's own data set class when it declares one (feature alignment), else RecBole's."""
+    quiet_recbole_deprecations()
     klass = getattr(config.model_class, "dataset_class", None)
     return klass(config) if klass is not None else recbole_create_dataset(config)
 
@@ -53,7 +54,6 @@ def build_config(model: str = "SASRec", dataset: str = "ml-100k", method: str = 
 
 def prepare(config: Config):
     """Seeded data set, loaders, model and trainer for ``config``."""
-    quiet_recbole_deprecations()
     init_seed(config["seed"], config["reproducibility"])
     if config["torch_threads"] and config["device"].type == "cpu":
         torch.set_num_threads(int(config["torch_threads"]))
@@ -107,7 +107,6 @@ def run(model: str = "SASRec", dataset: str = "ml-100k", method: str = "base", c
 
 def load_data_and_model(model_file: str):
     """RecBole's ``load_data_and_model`` for this package's checkpoints (torch>=2.6 safe)."""
-    quiet_recbole_deprecations()
     checkpoint = load_checkpoint(model_file)
     config = checkpoint["config"]
     init_seed(config["seed"], config["reproducibility"])
