@@ -240,6 +240,11 @@ def texts_path(data_dir: Path, dataset: str) -> Path:
     return data_dir / "archetypes" / f"{dataset}.archetypes.jsonl"
 
 
+def meta_path(data_dir: Path, dataset: str) -> Path:
+    """The run record beside the texts: settings, their cache key, PCA outcome."""
+    return data_dir / "archetypes" / f"{dataset}.archetypes.meta.json"
+
+
 def write_texts(job: ArchetypeJob, tokens, rows, llm: LoadedLLM, settings: dict,
                 complete: bool = True) -> None:
     """The archetype texts and generated ids (all items, or the finished part when exporting)."""
@@ -253,7 +258,7 @@ def write_texts(job: ArchetypeJob, tokens, rows, llm: LoadedLLM, settings: dict,
     atomic_write_text(path, "\n".join(lines) + "\n")
     meta = {"dataset": job.dataset, "settings": settings, "key": settings_key(settings),
             "items": len(tokens), "complete": complete}
-    atomic_write_text(path.with_name(f"{job.dataset}.archetypes.meta.json"),
+    atomic_write_text(meta_path(job.data_dir, job.dataset),
                       json.dumps(meta, indent=2, sort_keys=True, default=str))
 
 
@@ -292,10 +297,10 @@ def seed_from_texts(job: ArchetypeJob, store: ShardStore, tokens, prompt_ids, ll
                     done: set) -> set:
     """Fill the cache from a texts file made with the same settings (teacher forcing, no generation)."""
     path = texts_path(job.data_dir, job.dataset)
-    meta_path = path.with_name(f"{job.dataset}.archetypes.meta.json")
-    if not (path.is_file() and meta_path.is_file()):
+    meta_file = meta_path(job.data_dir, job.dataset)
+    if not (path.is_file() and meta_file.is_file()):
         return set()
-    if json.loads(meta_path.read_text()).get("key") != store.key:
+    if json.loads(meta_file.read_text()).get("key") != store.key:
         logger.info("%s was made with other settings: not reused", path)
         return set()
     index = {t: i for i, t in enumerate(tokens)}
@@ -344,10 +349,10 @@ def write_features(job: ArchetypeJob, tokens, prefill, decoding, settings) -> di
         lines.append(token + "\t" + " ".join(f"{v:.6g}" for v in p) + "\t" + " ".join(f"{v:.6g}" for v in d))
     atomic_write_text(path, "\n".join(lines) + "\n")
     info = {"features": str(path), "pca": job.pca, "prefill_dims": pre_info, "decoding_dims": dec_info}
-    meta_path = texts_path(job.data_dir, job.dataset).with_name(f"{job.dataset}.archetypes.meta.json")
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"settings": settings}
+    meta_file = meta_path(job.data_dir, job.dataset)
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {"settings": settings}
     meta["features"] = {**info, "features": path.name}   # next to the data set; no machine paths in the record
-    atomic_write_text(meta_path, json.dumps(meta, indent=2, sort_keys=True, default=str))
+    atomic_write_text(meta_file, json.dumps(meta, indent=2, sort_keys=True, default=str))
     return info
 
 
