@@ -35,7 +35,7 @@ METRICS = ("hit@10", "ndcg@10")
 
 
 def committed_settings(dataset: str) -> dict:
-    meta = DATASET_DIR / dataset / "archetypes" / f"{dataset}.archetypes.meta.json"
+    meta = pipeline.meta_path(DATASET_DIR / dataset, dataset)
     if not meta.is_file():
         raise SystemExit(f"{meta}: no committed archetype run to compare with")
     return json.loads(meta.read_text())["settings"]
@@ -83,15 +83,14 @@ def main() -> None:
     rows = {}
     for label, root in (("float32 (committed)", DATASET_DIR), ("bfloat16", work)):
         t0 = time.perf_counter()
-        result = run(args.model, args.dataset, "genair", config_dict=dict(common_cfg, data_path=str(root)),
-                     saved=False)
-        rows[label] = (result, time.perf_counter() - t0)
-        print(f"  {label}: trained in {rows[label][1]:.0f} s", flush=True)
+        rows[label] = run(args.model, args.dataset, "genair", config_dict=dict(common_cfg, data_path=str(root)),
+                          saved=False)
+        print(f"  {label}: trained in {time.perf_counter() - t0:.0f} s", flush=True)
 
     print(f"\n## GenAIR-{args.model} on {args.dataset}, seed {args.seed}: float32 vs bfloat16 archetype features")
     print("| features | " + " | ".join(f"valid {m} | test {m}" for m in METRICS) + " |")
     print("|---|" + "--:|" * (2 * len(METRICS)))
-    for label, (result, _) in rows.items():
+    for label, result in rows.items():
         cells = " | ".join(f"{result['best_valid_result'][m]:.4f} | {result['test_result'][m]:.4f}"
                            for m in METRICS)
         print(f"| {label} | {cells} |")

@@ -285,7 +285,8 @@ def main() -> None:
     print("| method | batches | s | items/s | vs ref16 | inside model s | outside s |")
     print("|---|---|--:|--:|--:|--:|--:|")
     for k in names:
-        b = {"ours32 sorted": sorted32, "ours16 sorted": sorted16, "ours32 sorted bf16": sorted32, **extra_batches}.get(k, item_order)
+        b = {"ours32 sorted": sorted32, "ours16 sorted": sorted16, "ours32 sorted bf16": sorted32,
+             **extra_batches}.get(k, item_order)
         ins = statistics.median(inside[k])
         print(f"| {k} | {len(b)}×≤{max(map(len, b))} | {med[k]:.2f} | {n / med[k]:.2f} | "
               f"{ref / med[k]:.2f}x | {ins:.2f} | {med[k] - ins:.2f} |")
@@ -313,17 +314,6 @@ def main() -> None:
     # --- agreement (one more untimed pass of each) -------------------------------------------
     ours = run_ours(llm, prompt_ids, sorted32, N)
     refb = run_reference(llm, prompt_ids, item_order, N, keep=True)
-    if llm16 is not None:
-        ours16 = run_ours(llm16, prompt_ids, sorted32, N)
-        same16 = [i for i in range(n) if ours16[i][2] == ours[i][2]]
-        print(f"\n## bf16 vs fp32 weights (ours32 both): generated token sequences identical "
-              f"{len(same16)}/{n} rows")
-        for label, k, idx in (("prefill", 0, list(range(n))), ("decoding, all rows", 1, list(range(n))),
-                              ("decoding, rows with identical tokens", 1, same16)):
-            if idx:
-                lo, mean = cos_stats(torch.stack([ours16[i][k] for i in idx]),
-                                     torch.stack([ours[i][k] for i in idx]))
-                print(f"{label}: cos min {lo:.5f} / mean {mean:.5f} (n={len(idx)})")
     R = {}
     for b in refb:
         for k, i in enumerate(b.rows):
@@ -368,6 +358,18 @@ def main() -> None:
          [i for i in rows if R[i]["idle"] == 0], lambda i: ours[i][1], lambda i: R[i]["dec"])
     line("decoding: ours vs reference as released", "with after-stop steps (bug bites)",
          [i for i in rows if R[i]["idle"] > 0], lambda i: ours[i][1], lambda i: R[i]["dec"])
+
+    if llm16 is not None:
+        ours_bf16 = run_ours(llm16, prompt_ids, sorted32, N)
+        same_bf16 = [i for i in rows if ours_bf16[i][2] == ours[i][2]]
+        print(f"\n## bf16 vs fp32 weights (ours32 both; cosine min / mean); generated token sequences "
+              f"identical: {len(same_bf16)}/{n} rows")
+        print("| comparison | rows | cos min | cos mean | n |")
+        print("|---|---|--:|--:|--:|")
+        line("prefill: bf16 vs fp32", "all", rows, lambda i: ours_bf16[i][0], lambda i: ours[i][0])
+        line("decoding: bf16 vs fp32", "all", rows, lambda i: ours_bf16[i][1], lambda i: ours[i][1])
+        line("decoding: bf16 vs fp32", "identical tokens", same_bf16,
+             lambda i: ours_bf16[i][1], lambda i: ours[i][1])
 
     gen_len = {i: len(ours[i][2]) for i in rows}
     for label, b in (("item order, 16", item_order), ("sorted, 16", sorted16), ("sorted, 32", sorted32)):
