@@ -34,6 +34,9 @@ sides alike.  Run from the project root:
     python bench/bench_extraction.py --max_new_tokens 64 --no-variants --extra_batch 64
     python bench/bench_extraction.py --no-variants --bf16  # also both sides with bfloat16 weights
 
+``ours32 unshared`` is ours without the shared-prefix prefill (``share_prefix=False``: every row
+runs the chat template and instruction itself), timed every run, with its agreement printed.
+
 Besides ours (32, 16) and the reference, two intermediate variants decompose the gap:
 ``ref16 no-hs`` (the same ``generate`` call without ``output_hidden_states``: what keeping
 every layer's states costs) and ``ours16 item-order`` (our loop on the reference's exact
@@ -155,11 +158,11 @@ def run_reference(llm, prompt_ids, batches, max_new_tokens: int, keep: bool = Tr
 
 
 # --- ours ----------------------------------------------------------------------------------
-def run_ours(llm, prompt_ids, batches, max_new_tokens: int) -> Dict[int, tuple]:
+def run_ours(llm, prompt_ids, batches, max_new_tokens: int, share_prefix: bool = True) -> Dict[int, tuple]:
     results = {}
     for rows in batches:
         res = generate_and_embed(llm.model, [prompt_ids[i] for i in rows], max_new_tokens=max_new_tokens,
-                                 stop_ids=llm.stop_ids, pad_id=llm.pad_id)
+                                 stop_ids=llm.stop_ids, pad_id=llm.pad_id, share_prefix=share_prefix)
         for k, i in enumerate(rows):
             results[i] = (res.prefill[k], res.decoding[k], res.generated[k], res.stopped[k])
     return results
@@ -243,6 +246,7 @@ def main() -> None:
         "ours32 sorted": lambda: run_ours(llm, prompt_ids, sorted32, N),
         "ref16 (released)": lambda: run_reference(llm, prompt_ids, item_order, N, keep=False),
         "ours16 sorted": lambda: run_ours(llm, prompt_ids, sorted16, N),
+        "ours32 unshared": lambda: run_ours(llm, prompt_ids, sorted32, N, share_prefix=False),
     }
     extra_batches = {f"ours{b} sorted": plan_batches(tokens, prompt_ids, b) for b in args.extra_batch}
     for name, b in extra_batches.items():
@@ -286,13 +290,16 @@ def main() -> None:
     print("|---|---|--:|--:|--:|--:|--:|")
     for k in names:
         b = {"ours32 sorted": sorted32, "ours16 sorted": sorted16, "ours32 sorted bf16": sorted32,
+             "ours32 unshared": sorted32,
              **extra_batches}.get(k, item_order)
         ins = statistics.median(inside[k])
         print(f"| {k} | {len(b)}×≤{max(map(len, b))} | {med[k]:.2f} | {n / med[k]:.2f} | "
               f"{ref / med[k]:.2f}x | {ins:.2f} | {med[k] - ins:.2f} |")
     print(f"\nours32 vs reference: {ref / med['ours32 sorted']:.2f}x  (goal >= 3x: "
           f"{'met' if ref / med['ours32 sorted'] >= 3 else 'NOT met'});  ours16 vs reference: "
-          f"{ref / med['ours16 sorted']:.2f}x", flush=True)
+          f"{ref / med['ours16 sorted']:.2f}x;  shared prefix vs unshared (ours32): "
+          f"{med['ours32 unshared'] / med['ours32 sorted']:.2f}x, ours32 unshared vs reference: "
+          f"{ref / med['ours32 unshared']:.2f}x", flush=True)
     if llm16 is not None:
         print(f"bf16: ours32 bf16 vs reference as released (fp32): {ref / med['ours32 sorted bf16']:.2f}x "
               f"(goal >= 3x: {'met' if ref / med['ours32 sorted bf16'] >= 3 else 'NOT met'}); vs ref16 bf16: "
@@ -304,12 +311,16 @@ def main() -> None:
     run_ours(llm, prompt_ids, sorted32, 1)
     t_pre = time.perf_counter() - t0
     t0 = time.perf_counter()
+    run_ours(llm, prompt_ids, sorted32, 1, share_prefix=False)
+    t_pre_unshared = time.perf_counter() - t0
+    t0 = time.perf_counter()
     run_reference(llm, prompt_ids, item_order, 1, keep=False)
     t_pre_ref = time.perf_counter() - t0
     print(f"prefill only (max_new_tokens=1, one run each): ours32 {t_pre:.2f} s = "
           f"{100 * t_pre / med['ours32 sorted']:.0f} % of its total; ref16 {t_pre_ref:.2f} s = "
           f"{100 * t_pre_ref / ref:.0f} % of its total; decoding {N} tokens: ours32 "
-          f"{med['ours32 sorted'] - t_pre:.2f} s, ref16 {ref - t_pre_ref:.2f} s", flush=True)
+          f"{med['ours32 sorted'] - t_pre:.2f} s, ref16 {ref - t_pre_ref:.2f} s; prefill ours32 unshared "
+          f"{t_pre_unshared:.2f} s (shared prefix: {t_pre_unshared / t_pre:.2f}x)", flush=True)
 
     # --- agreement (one more untimed pass of each) -------------------------------------------
     ours = run_ours(llm, prompt_ids, sorted32, N)
@@ -358,6 +369,17 @@ def main() -> None:
          [i for i in rows if R[i]["idle"] == 0], lambda i: ours[i][1], lambda i: R[i]["dec"])
     line("decoding: ours vs reference as released", "with after-stop steps (bug bites)",
          [i for i in rows if R[i]["idle"] > 0], lambda i: ours[i][1], lambda i: R[i]["dec"])
+
+    unshared = run_ours(llm, prompt_ids, sorted32, N, share_prefix=False)
+    same_unshared = [i for i in rows if unshared[i][2] == ours[i][2]]
+    print(f"\n## shared prefix vs unshared (ours32 both, fp32; cosine min / mean); generated token "
+          f"sequences identical: {len(same_unshared)}/{n} rows")
+    print("| comparison | rows | cos min | cos mean | n |")
+    print("|---|---|--:|--:|--:|")
+    line("prefill: shared vs unshared", "all", rows, lambda i: ours[i][0], lambda i: unshared[i][0])
+    line("decoding: shared vs unshared", "identical tokens", same_unshared,
+         lambda i: ours[i][1], lambda i: unshared[i][1])
+    print(f"max |prefill difference|: {max(float((ours[i][0] - unshared[i][0]).abs().max()) for i in rows):.2e}")
 
     if llm16 is not None:
         ours_bf16 = run_ours(llm16, prompt_ids, sorted32, N)

@@ -13,7 +13,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from recbole_genair.archetypes import pipeline
-from recbole_genair.archetypes.extract import generate_and_embed, teacher_forced
+from recbole_genair.archetypes.extract import common_prefix_length, generate_and_embed, teacher_forced
 from recbole_genair.archetypes.prompt import PromptSpec, build_prompt, read_item_file
 from recbole_genair.data.features import align_by_token, read_feature_file
 from recbole_genair.paths import DATASET_DIR
@@ -107,6 +107,47 @@ def test_teacher_forced_rebuild_matches_one_pass(tiny_llama):
     pre, dec = teacher_forced(tiny_llama, prompts, batch.generated, pad_id=0)
     torch.testing.assert_close(pre, batch.prefill, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(dec, batch.decoding, atol=1e-5, rtol=1e-4)
+
+
+def _prefixed_prompts():
+    """Prompts that, like real archetype prompts, share a template prefix of uneven suffixes."""
+    rng = random.Random(2)
+    prefix = [rng.randrange(3, 50) for _ in range(9)]
+    return prefix, [prefix + [rng.randrange(3, 50) for _ in range(n)] for n in (4, 1, 7, 2)]
+
+
+def test_common_prefix_leaves_every_prompt_a_token_of_its_own():
+    prefix, prompts = _prefixed_prompts()
+    assert common_prefix_length(prompts) == len(prefix)
+    assert common_prefix_length([[5, 6, 7], [5, 6, 7]]) == 2
+    assert common_prefix_length([[5, 6], [4, 6]]) == 0
+
+
+def test_shared_prefix_runs_once_and_matches_unshared_and_unpadded_passes(tiny_llama):
+    _, prompts = _prefixed_prompts()
+    fed = []
+    hook = tiny_llama.get_input_embeddings().register_forward_hook(lambda m, i, o: fed.append(i[0].numel()))
+    try:
+        shared = generate_and_embed(tiny_llama, prompts, max_new_tokens=1, stop_ids=[], pad_id=0)
+        shared_prefill_tokens = sum(fed[:-1])          # prefix + rows, before the one decode step
+        fed.clear()
+        plain = generate_and_embed(tiny_llama, prompts, max_new_tokens=1, stop_ids=[], pad_id=0,
+                                   share_prefix=False)
+        plain_prefill_tokens = sum(fed[:-1])
+    finally:
+        hook.remove()
+    longest = max(len(p) for p in prompts)
+    assert plain_prefill_tokens == len(prompts) * longest
+    assert shared_prefill_tokens == 9 + len(prompts) * (longest - 9)
+    assert shared.generated == plain.generated
+    torch.testing.assert_close(shared.prefill, plain.prefill, atol=1e-5, rtol=1e-4)
+    longer = generate_and_embed(tiny_llama, prompts, max_new_tokens=6, stop_ids=[7], pad_id=0)
+    for row, prompt in enumerate(prompts):
+        pre, dec = _reference(tiny_llama, prompt, longer.generated[row])
+        torch.testing.assert_close(longer.prefill[row], pre, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(longer.decoding[row], dec, atol=1e-5, rtol=1e-4)
+        one = generate_and_embed(tiny_llama, [prompt], max_new_tokens=6, stop_ids=[7], pad_id=0)
+        assert one.generated[0] == longer.generated[row]
 
 
 def test_bfloat16_weights_pool_in_float32_and_stay_close_to_float32(tiny_llama):
