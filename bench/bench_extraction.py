@@ -288,10 +288,10 @@ def main() -> None:
     print(f"\n## throughput (median of {args.rounds} rounds; ratio = reference time / method time)")
     print("| method | batches | s | items/s | vs ref16 | inside model s | outside s |")
     print("|---|---|--:|--:|--:|--:|--:|")
+    batches_of = {"ours32 sorted": sorted32, "ours16 sorted": sorted16, "ours32 sorted bf16": sorted32,
+                  "ours32 unshared": sorted32, **extra_batches}
     for k in names:
-        b = {"ours32 sorted": sorted32, "ours16 sorted": sorted16, "ours32 sorted bf16": sorted32,
-             "ours32 unshared": sorted32,
-             **extra_batches}.get(k, item_order)
+        b = batches_of.get(k, item_order)
         ins = statistics.median(inside[k])
         print(f"| {k} | {len(b)}×≤{max(map(len, b))} | {med[k]:.2f} | {n / med[k]:.2f} | "
               f"{ref / med[k]:.2f}x | {ins:.2f} | {med[k] - ins:.2f} |")
@@ -337,12 +337,27 @@ def main() -> None:
     stack = lambda idx, f: torch.stack([f(i) for i in idx]) if idx else torch.zeros(0, llm.hidden_size)
     nopad = [i for i in rows if not R[i]["padded"]]
     pad = [i for i in rows if R[i]["padded"]]
-    print("| comparison | rows | cos min | cos mean | n |")
-    print("|---|---|--:|--:|--:|")
+
+    def header():
+        print("| comparison | rows | cos min | cos mean | n |")
+        print("|---|---|--:|--:|--:|")
 
     def line(label, subset, idx, fa, fb):
         lo, mean = cos_stats(stack(idx, fa), stack(idx, fb))
         print(f"| {label} | {subset} | {lo:.5f} | {mean:.5f} | {len(idx)} |")
+
+    def versus(title, label, other):
+        """Ours32 under another setting vs ours32 as timed: tokens, then both embeddings."""
+        same = [i for i in rows if other[i][2] == ours[i][2]]
+        print(f"\n## {title} (ours32 both; cosine min / mean); generated token sequences "
+              f"identical: {len(same)}/{n} rows")
+        header()
+        line(f"prefill: {label}", "all", rows, lambda i: other[i][0], lambda i: ours[i][0])
+        line(f"decoding: {label}", "all", rows, lambda i: other[i][1], lambda i: ours[i][1])
+        line(f"decoding: {label}", "identical tokens", same, lambda i: other[i][1], lambda i: ours[i][1])
+        print(f"max |prefill difference|: {max(float((other[i][0] - ours[i][0]).abs().max()) for i in rows):.2e}")
+
+    header()
 
     line("prefill: ours vs reference as released", "no left padding (bug does not bite)", nopad,
          lambda i: ours[i][0], lambda i: R[i]["pre"])
@@ -370,28 +385,10 @@ def main() -> None:
     line("decoding: ours vs reference as released", "with after-stop steps (bug bites)",
          [i for i in rows if R[i]["idle"] > 0], lambda i: ours[i][1], lambda i: R[i]["dec"])
 
-    unshared = run_ours(llm, prompt_ids, sorted32, N, share_prefix=False)
-    same_unshared = [i for i in rows if unshared[i][2] == ours[i][2]]
-    print(f"\n## shared prefix vs unshared (ours32 both, fp32; cosine min / mean); generated token "
-          f"sequences identical: {len(same_unshared)}/{n} rows")
-    print("| comparison | rows | cos min | cos mean | n |")
-    print("|---|---|--:|--:|--:|")
-    line("prefill: shared vs unshared", "all", rows, lambda i: ours[i][0], lambda i: unshared[i][0])
-    line("decoding: shared vs unshared", "identical tokens", same_unshared,
-         lambda i: ours[i][1], lambda i: unshared[i][1])
-    print(f"max |prefill difference|: {max(float((ours[i][0] - unshared[i][0]).abs().max()) for i in rows):.2e}")
-
+    versus("unshared vs shared prefix (fp32)", "unshared vs shared",
+           run_ours(llm, prompt_ids, sorted32, N, share_prefix=False))
     if llm16 is not None:
-        ours_bf16 = run_ours(llm16, prompt_ids, sorted32, N)
-        same_bf16 = [i for i in rows if ours_bf16[i][2] == ours[i][2]]
-        print(f"\n## bf16 vs fp32 weights (ours32 both; cosine min / mean); generated token sequences "
-              f"identical: {len(same_bf16)}/{n} rows")
-        print("| comparison | rows | cos min | cos mean | n |")
-        print("|---|---|--:|--:|--:|")
-        line("prefill: bf16 vs fp32", "all", rows, lambda i: ours_bf16[i][0], lambda i: ours[i][0])
-        line("decoding: bf16 vs fp32", "all", rows, lambda i: ours_bf16[i][1], lambda i: ours[i][1])
-        line("decoding: bf16 vs fp32", "identical tokens", same_bf16,
-             lambda i: ours_bf16[i][1], lambda i: ours[i][1])
+        versus("bf16 vs fp32 weights", "bf16 vs fp32", run_ours(llm16, prompt_ids, sorted32, N))
 
     gen_len = {i: len(ours[i][2]) for i in rows}
     for label, b in (("item order, 16", item_order), ("sorted, 16", sorted16), ("sorted, 32", sorted32)):
