@@ -19,6 +19,11 @@ Re-running the same command skips finished cells; a failed cell is reported and 
 next time.  ``--report`` runs nothing: it writes the tables from the cells finished so far (by
 this or other processes sharing ``DIR``) and lists the missing ones.
 
+``--full_ranking`` also writes ``table2_full.md`` / ``table2_full.csv``: every finished cell's
+saved best checkpoint (the epoch chosen on the run's own validation protocol) re-ranked
+against every item on the test split (``significance.checkpoint_ranks``).  Each evaluation is
+appended to ``DIR/full_ranking.jsonl`` and reused, so the report resumes as the runs do.
+
 Outputs in ``DIR`` (default ``saved/experiments/<dataset>``, git-ignored):
 ``table2.md`` / ``table2.csv`` — rows = backbone x metric, columns = methods, cells
 mean ± std (sample std) over seeds, best per row in bold, GenAIR's improvement over the best
@@ -50,6 +55,7 @@ GENAIR = "genair"
 DEFAULT_METRICS = ("hit@10", "ndcg@10")
 DEFAULT_OUT = Path("saved") / "experiments"
 RESULTS_FILE = "results.jsonl"
+FULL_RANKING_FILE = "full_ranking.jsonl"
 # Settings that cannot change a run's numbers; left out of the config hash.
 NON_RESULT_KEYS = frozenset({"seed", "show_progress", "state", "checkpoint_dir", "torch_threads",
                              "log_wandb", "wandb_project"})
@@ -57,7 +63,8 @@ NON_RESULT_KEYS = frozenset({"seed", "show_progress", "state", "checkpoint_dir",
 # Training bookkeeping of quick_start.run kept in each record; runs.csv shows all but the curve.
 TRAINING_COLUMNS = ("epochs_run", "best_epoch", "median_epoch_seconds")
 TRAINING_KEYS = (*TRAINING_COLUMNS, "valid_curve")
-RUNNER_OPTIONS = frozenset({"dataset", "methods", "models", "seeds", "config_files", "out", "metrics", "report"})
+RUNNER_OPTIONS = frozenset({"dataset", "methods", "models", "seeds", "config_files", "out", "metrics", "report",
+                            "full_ranking"})
 
 
 def _say(message: str) -> None:
@@ -171,11 +178,13 @@ def base_seed(dataset, model, method, config_file_list, overrides) -> int:
 def run_experiments(dataset: str, models: Sequence[str] = BACKBONES, methods: Optional[Sequence[str]] = None,
                     seeds: int = 3, config_file_list: Optional[Sequence[str]] = None,
                     overrides: Optional[dict] = None, out=None,
-                    metrics: Sequence[str] = DEFAULT_METRICS, report_only: bool = False) -> Outcome:
+                    metrics: Sequence[str] = DEFAULT_METRICS, report_only: bool = False,
+                    full_ranking: bool = False) -> Outcome:
     """Run every missing (model, method, seed) cell, then write the tables.
 
     ``report_only``: run nothing; write the tables from the cells already finished and list the
     missing ones in the markdown (to look at a grid that is still running elsewhere).
+    ``full_ranking``: also the tables of the saved checkpoints re-ranked against every item.
     """
     methods = list(methods or registered_methods())
     models = list(models)
@@ -234,7 +243,9 @@ def run_experiments(dataset: str, models: Sequence[str] = BACKBONES, methods: Op
         _write_all(out, dataset, models, methods, seed_list, digest, done, metrics, outcome)
 
     _write_all(out, dataset, models, methods, seed_list, digest, done, metrics, outcome)
-    _say(f"wrote {outcome.files['markdown']}, {outcome.files['csv']} and {outcome.files['runs']}"
+    if full_ranking:
+        _write_full_ranking(out, dataset, models, methods, seed_list, digest, metrics, outcome)
+    _say(f"wrote {', '.join(str(f) for f in outcome.files.values())}"
          + (f"; {len(outcome.failures)} cell(s) failed" if outcome.failures else "")
          + (f"; {len(outcome.missing)} cell(s) not run yet (--report)" if outcome.missing else ""))
     return outcome
@@ -254,6 +265,58 @@ def _write_all(out, dataset, models, methods, seed_list, digest, done, metrics, 
     _atomic_write(files["csv"], _csv_text(*table_csv(rows, methods)))
     _atomic_write(files["runs"], _csv_text(*runs_csv(records)))
     outcome.files = files
+
+
+def full_ranking_records(records: Sequence[dict], store: ResultStore,
+                         evaluate=None) -> tuple[list[dict], list[dict]]:
+    """``records`` with ``test_result`` re-computed under full ranking, and the cells that failed.
+
+    ``evaluate(model_file) -> {metric: value}`` defaults to re-ranking the checkpoint against
+    every item; results are cached in ``store`` by cell and checkpoint file.
+    """
+    evaluate = evaluate or full_ranking_metrics
+    cached = store.load()
+    out, failures = [], []
+    for record in records:
+        key = cell_key(record)
+        model_file = record.get("saved_model_file")
+        hit = cached.get(key)
+        if hit is None or hit.get("saved_model_file") != model_file:
+            cell = f"{record['model']} / {record['method']} / seed {record['seed']}"
+            if not model_file or not Path(model_file).is_file():
+                failures.append({**{k: record[k] for k in ("model", "method", "seed")},
+                                 "error": f"saved checkpoint {model_file!r} not found"})
+                continue
+            _say(f"full ranking: {cell} ({model_file}) ...")
+            hit = {k: record[k] for k in ("dataset", "model", "method", "seed", "config_hash")}
+            hit.update(saved_model_file=model_file, test_result=evaluate(model_file),
+                       protocol="full ranking (every item), checkpoints selected as trained",
+                       finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            store.append(hit)
+        out.append({**record, "test_result": hit["test_result"], "protocol": hit["protocol"]})
+    return out, failures
+
+
+def full_ranking_metrics(model_file: str, metrics: Sequence[str] = ("hit@5", "hit@10", "hit@20", "ndcg@5",
+                                                                     "ndcg@10", "ndcg@20")) -> dict:
+    """Test metrics of one saved checkpoint ranked against every item (per-user means)."""
+    import numpy as np
+
+    from recbole_genair.significance import checkpoint_ranks, per_user_metric
+    ranks = np.fromiter(checkpoint_ranks(model_file, "test", full_ranking=True).ranks.values(), dtype=np.int64)
+    return {m: round(float(per_user_metric(ranks, m).mean()), 6) for m in metrics}
+
+
+def _write_full_ranking(out, dataset, models, methods, seed_list, digest, metrics, outcome: Outcome) -> None:
+    records, failures = full_ranking_records(outcome.records, ResultStore(out / FULL_RANKING_FILE))
+    rows = summarize(records, models, methods, metrics)
+    title = (f"# Table 2, full ranking: {dataset} — {len(seed_list)} seed(s) {seed_list}, config hash "
+             f"{digest}, every item ranked (the checkpoints of table2.md, re-ranked)")
+    files = {"full_markdown": out / "table2_full.md", "full_csv": out / "table2_full.csv"}
+    _atomic_write(files["full_markdown"], render_markdown(rows, methods, metrics, title, failures, outcome.missing))
+    _atomic_write(files["full_csv"], _csv_text(*table_csv(rows, methods)))
+    outcome.files.update(files)
+    outcome.failures += failures
 
 
 # --------------------------------------------------------------------------- tables
@@ -418,6 +481,8 @@ def parse(argv=None) -> tuple[argparse.Namespace, dict]:
     parser.add_argument("--metrics", default=",".join(DEFAULT_METRICS), help="test metrics in the table")
     parser.add_argument("--report", action="store_true",
                         help="run nothing: write the tables from the finished cells, listing the missing ones")
+    parser.add_argument("--full_ranking", action="store_true",
+                        help="also write table2_full.md: the saved checkpoints re-ranked against every item")
     args, rest = parser.parse_known_args(argv)
     bad = [a for a in rest if not a.startswith("--") or len(a[2:].split("=")) != 2]
     if bad:
@@ -437,7 +502,8 @@ def main(argv=None) -> int:
         outcome = run_experiments(
             dataset=args.dataset, models=_split(args.models), methods=_split(args.methods), seeds=args.seeds,
             config_file_list=args.config_files.split() if args.config_files else None,
-            overrides=overrides, out=args.out, metrics=_split(args.metrics), report_only=args.report)
+            overrides=overrides, out=args.out, metrics=_split(args.metrics), report_only=args.report,
+            full_ranking=args.full_ranking)
     except UnknownChoiceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

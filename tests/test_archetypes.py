@@ -150,6 +150,28 @@ def test_shared_prefix_runs_once_and_matches_unshared_and_unpadded_passes(tiny_l
         assert one.generated[0] == longer.generated[row]
 
 
+def test_teacher_forced_rebuild_shares_the_prefix_and_matches_generation(tiny_llama):
+    """``--from-texts`` runs the prompts' common prefix once too, with the same embeddings."""
+    _, prompts = _prefixed_prompts()
+    gen = generate_and_embed(tiny_llama, prompts, max_new_tokens=6, stop_ids=[7], pad_id=0)
+    fed = []
+    hook = tiny_llama.get_input_embeddings().register_forward_hook(lambda m, i, o: fed.append(i[0].numel()))
+    try:
+        shared = teacher_forced(tiny_llama, prompts, gen.generated, pad_id=0)
+        shared_tokens = sum(fed)
+        fed.clear()
+        plain = teacher_forced(tiny_llama, prompts, gen.generated, pad_id=0, share_prefix=False)
+        plain_tokens = sum(fed)
+    finally:
+        hook.remove()
+    longest = max(len(p) + len(g) for p, g in zip(prompts, gen.generated))
+    assert plain_tokens == len(prompts) * longest
+    assert shared_tokens == 9 + len(prompts) * (longest - 9)
+    for pooled in (shared, plain):
+        torch.testing.assert_close(pooled[0], gen.prefill, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(pooled[1], gen.decoding, atol=1e-5, rtol=1e-4)
+
+
 def test_bfloat16_weights_pool_in_float32_and_stay_close_to_float32(tiny_llama):
     """``--dtype=bfloat16`` (3x faster on AMX CPUs): the means are accumulated in float32."""
     prompts = _prompts()

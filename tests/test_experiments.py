@@ -157,8 +157,14 @@ def test_one_real_cell(fast_config, tmp_path):
     assert record["valid_curve"][record["best_epoch"]] == pytest.approx(record["best_valid_score"], abs=1e-6)
     assert record["median_epoch_seconds"] > 0
     assert "| SASRec | HR@10 | **" in (tmp_path / "table2.md").read_text()
-    assert run_experiments("ml-100k", models=["SASRec"], methods=["base"], seeds=1,
-                           overrides=fast_config, out=tmp_path).ran == 0
+    again = run_experiments("ml-100k", models=["SASRec"], methods=["base"], seeds=1,
+                            overrides=fast_config, out=tmp_path, full_ranking=True)
+    assert again.ran == 0 and not again.failures
+    (full,) = ResultStore(tmp_path / experiments.FULL_RANKING_FILE).load().values()
+    # every item competes instead of 100 negatives: never easier, and the table shows it
+    for metric in ("hit@10", "ndcg@10"):
+        assert 0 <= full["test_result"][metric] <= record["test_result"][metric]
+    assert f"| SASRec | HR@10 | **{full['test_result']['hit@10']:.4f}** |" in (tmp_path / "table2_full.md").read_text()
 
 
 def test_report_runs_nothing_and_lists_missing_cells(fake, tmp_path):
@@ -173,6 +179,38 @@ def test_report_runs_nothing_and_lists_missing_cells(fake, tmp_path):
     assert main(["--dataset=toy", "--methods=base,genair", "--models=SASRec", "--seeds=2", f"--out={tmp_path}",
                  "--seed=100", "--epochs=5", "--report"]) == 0
     assert len(fake.calls) == 4 and "- SASRec / genair / seed 101" in (tmp_path / "table2.md").read_text()
+
+
+def test_full_ranking_tables_evaluate_each_checkpoint_once_and_report_missing_ones(fake, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.pth").write_bytes(b"")               # FakeRun's checkpoint name for every cell
+    evaluated = []
+
+    def fake_metrics(model_file):
+        evaluated.append(model_file)
+        return {"hit@10": 0.01 * len(evaluated), "ndcg@10": 0.005 * len(evaluated)}
+
+    monkeypatch.setattr(experiments, "full_ranking_metrics", fake_metrics)
+    outcome = grid(tmp_path, models=["SASRec"], methods=["base", "genair"], seeds=2, full_ranking=True)
+    assert len(evaluated) == 4 and not outcome.failures
+    cells = ResultStore(tmp_path / experiments.FULL_RANKING_FILE).load()
+    by_cell = {(k[2], k[3]): v["test_result"]["hit@10"] for k, v in cells.items()}
+    assert sorted(by_cell.values()) == pytest.approx([0.01, 0.02, 0.03, 0.04])
+    text = (tmp_path / "table2_full.md").read_text()
+    assert "full ranking" in text.splitlines()[0]
+    base = [by_cell[("base", s)] for s in (100, 101)]
+    assert f"| SASRec | HR@10 | {sum(base) / 2:.4f} ± " in text
+    # the sampled-negative table is untouched by the re-ranking
+    assert "| SASRec | HR@10 | 0.3050 ± " in (tmp_path / "table2.md").read_text()
+
+    grid(tmp_path, models=["SASRec"], methods=["base", "genair"], seeds=2, report_only=True, full_ranking=True)
+    assert len(evaluated) == 4                             # cached: nothing re-evaluated
+    (tmp_path / "x.pth").unlink()
+    outcome = grid(tmp_path, models=["SASRec"], methods=["base", "genair", "llminit"], seeds=1,
+                   full_ranking=True)                      # a new cell whose checkpoint is gone
+    assert len(evaluated) == 4
+    assert [(f["method"], "not found" in f["error"]) for f in outcome.failures] == [("llminit", True)]
+    assert "- SASRec / llminit / seed 100: saved checkpoint" in (tmp_path / "table2_full.md").read_text()
 
 
 def test_training_summary_picks_the_epoch_early_stopping_keeps():

@@ -78,33 +78,48 @@ def common_prefix_length(prompt_ids: Sequence[Sequence[int]]) -> int:
     return k
 
 
-def _prefill(decoder, prompt_ids: Sequence[Sequence[int]], pad_id: int, device, share_prefix: bool):
-    """Run the prompts; return (last states, prefill means, cache, attention mask, last positions).
+def _forward_shared(decoder, seqs: Sequence[Sequence[int]], k: int, pad_id: int, device):
+    """Forward ``seqs``, whose first ``k`` tokens are the same in every row, with that prefix once.
 
-    With ``share_prefix`` the batch's common prefix runs once as a single row and its key/value
-    cache is repeated for every row; each row's own tokens follow, left padded *after* the
-    prefix (padding masked, positions continuing from the prefix), so every row sees exactly
-    the keys and positions it would see alone.  The prefill mean adds the prefix's summed
-    states to the row's own: the same value as the unshared pass up to float round-off.
+    The prefix runs as a single row and its key/value cache is repeated for every row; each
+    row's own tokens follow, left padded *after* the prefix (padding masked, positions
+    continuing from the prefix), so every row sees exactly the keys and positions it would see
+    alone.  Returns (output over the own tokens, summed prefix states [H] or 0, attention mask
+    including the prefix columns, own-token mask, positions).
     """
-    k = common_prefix_length(prompt_ids) if share_prefix and len(prompt_ids) > 1 else 0
-    ids, mask = _left_pad([p[k:] for p in prompt_ids], pad_id)
-    ids, mask = ids.to(device), mask.to(device)
-    pos = _positions(mask) + k
-    cache, prefix_sum = None, 0.0
+    ids, own = _left_pad([s[k:] for s in seqs], pad_id)
+    ids, own = ids.to(device), own.to(device)
+    pos = _positions(own) + k
+    cache, prefix_sum, mask = None, 0.0, own
     if k:
-        prefix = torch.as_tensor([list(prompt_ids[0][:k])], dtype=torch.long, device=device)
+        prefix = torch.as_tensor([list(seqs[0][:k])], dtype=torch.long, device=device)
         out = decoder(input_ids=prefix, position_ids=torch.arange(k, device=device).unsqueeze(0),
                       use_cache=True)
         prefix_sum = out.last_hidden_state[0].float().sum(0)
         cache = out.past_key_values
-        cache.batch_repeat_interleave(len(prompt_ids))
-        mask = torch.cat([torch.ones(mask.shape[0], k, dtype=mask.dtype, device=device), mask], dim=-1)
+        cache.batch_repeat_interleave(len(seqs))
+        mask = torch.cat([torch.ones(own.shape[0], k, dtype=own.dtype, device=device), own], dim=-1)
     out = decoder(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
                   use_cache=True)
+    return out, prefix_sum, mask, own, pos
+
+
+def _shared_length(prompt_ids: Sequence[Sequence[int]], share_prefix: bool) -> int:
+    return common_prefix_length(prompt_ids) if share_prefix and len(prompt_ids) > 1 else 0
+
+
+def _prefill(decoder, prompt_ids: Sequence[Sequence[int]], pad_id: int, device, share_prefix: bool):
+    """Run the prompts; return (last states, prefill means, cache, attention mask, last positions).
+
+    With ``share_prefix`` the batch's common prefix runs once (:func:`_forward_shared`) and the
+    prefill mean adds the prefix's summed states to the row's own: the same value as the
+    unshared pass up to float round-off.
+    """
+    k = _shared_length(prompt_ids, share_prefix)
+    out, prefix_sum, mask, own, pos = _forward_shared(decoder, prompt_ids, k, pad_id, device)
     hidden = out.last_hidden_state.float()
-    own = mask[:, k:].unsqueeze(-1).to(hidden.dtype)
-    prefill = (prefix_sum + (hidden * own).sum(1)) / (own.sum(1) + k).clamp(min=1)
+    ownf = own.unsqueeze(-1).to(hidden.dtype)
+    prefill = (prefix_sum + (hidden * ownf).sum(1)) / (ownf.sum(1) + k).clamp(min=1)
     return out.last_hidden_state[:, -1], prefill, out.past_key_values, mask, pos[:, -1]
 
 
@@ -161,22 +176,23 @@ def generate_and_embed(model, prompt_ids: Sequence[Sequence[int]], *, max_new_to
 
 @torch.inference_mode()
 def teacher_forced(model, prompt_ids: Sequence[Sequence[int]], generated: Sequence[Sequence[int]],
-                   pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both pooled embeddings from prompt + already generated ids, in one forward pass."""
+                   pad_id: int, share_prefix: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both pooled embeddings from prompt + already generated ids, in one forward pass.
+
+    ``share_prefix``: the prompts' common prefix runs once, as in :func:`generate_and_embed`.
+    """
     device = next(model.parameters()).device
-    decoder = model.get_decoder()
+    k = _shared_length(prompt_ids, share_prefix)
     full = [list(p) + list(g) for p, g in zip(prompt_ids, generated)]
-    ids, mask = _left_pad(full, pad_id)
-    ids, mask = ids.to(device), mask.to(device)
-    out = decoder(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=False)
+    out, prefix_sum, _, own, _ = _forward_shared(model.get_decoder(), full, k, pad_id, device)
     hidden = out.last_hidden_state.float()
-    length = ids.shape[1]
-    pmask = torch.zeros_like(mask, dtype=hidden.dtype)
-    gmask = torch.zeros_like(mask, dtype=hidden.dtype)
+    length = own.shape[1]
+    pmask = torch.zeros_like(own, dtype=hidden.dtype)
+    gmask = torch.zeros_like(own, dtype=hidden.dtype)
     for row, (p, g) in enumerate(zip(prompt_ids, generated)):
-        start = length - len(p) - len(g)
-        pmask[row, start:start + len(p)] = 1
-        gmask[row, start + len(p):] = 1
-    pre = (hidden * pmask.unsqueeze(-1)).sum(1) / pmask.sum(1, keepdim=True).clamp(min=1)
+        start = length - (len(p) - k) - len(g)
+        pmask[row, start:start + len(p) - k] = 1
+        gmask[row, start + len(p) - k:] = 1
+    pre = (prefix_sum + (hidden * pmask.unsqueeze(-1)).sum(1)) / (pmask.sum(1, keepdim=True) + k).clamp(min=1)
     dec = (hidden * gmask.unsqueeze(-1)).sum(1) / gmask.sum(1, keepdim=True).clamp(min=1)
     return pre.cpu(), dec.cpu()
