@@ -157,6 +157,15 @@ def run_reference(llm, prompt_ids, batches, max_new_tokens: int, keep: bool = Tr
     return results
 
 
+def bench_prompts(llm, items: int) -> tuple[List[str], List[List[int]], List[List[int]]]:
+    """The first ``items`` ml-100k items: (tokens, prompt ids, the reference's item-order batches)."""
+    tokens, prompts = load_prompts(ArchetypeJob(dataset="ml-100k"), prompt_spec_for("ml-100k"))
+    tokens, prompts = tokens[:items], prompts[:items]
+    prompt_ids = encode_prompts(llm.tokenizer, prompts)
+    n = len(prompt_ids)
+    return tokens, prompt_ids, [list(range(s, min(s + REF_BATCH, n))) for s in range(0, n, REF_BATCH)]
+
+
 # --- ours ----------------------------------------------------------------------------------
 def run_ours(llm, prompt_ids, batches, max_new_tokens: int, share_prefix: bool = True) -> Dict[int, tuple]:
     results = {}
@@ -230,11 +239,8 @@ def main() -> None:
     warnings.filterwarnings("ignore")
 
     llm = load_llm()
-    tokens, prompts = load_prompts(ArchetypeJob(dataset="ml-100k"), prompt_spec_for("ml-100k"))
-    tokens, prompts = tokens[:args.items], prompts[:args.items]
-    prompt_ids = encode_prompts(llm.tokenizer, prompts)
+    tokens, prompt_ids, item_order = bench_prompts(llm, args.items)
     n = len(prompt_ids)
-    item_order = [list(range(s, min(s + REF_BATCH, n))) for s in range(0, n, REF_BATCH)]
     sorted32 = plan_batches(tokens, prompt_ids, 32)
     sorted16 = plan_batches(tokens, prompt_ids, 16)
     N = args.max_new_tokens

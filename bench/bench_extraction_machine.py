@@ -37,11 +37,10 @@ from typing import Callable, Dict, List
 
 import torch
 
-from bench_extraction import REF_BATCH, fixed_pool, reference_generate
+from bench_extraction import bench_prompts, fixed_pool, reference_generate
 from recbole_genair.archetypes import pipeline
 from recbole_genair.archetypes.extract import generate_and_embed
-from recbole_genair.archetypes.llm import encode_prompts, load_llm
-from recbole_genair.archetypes.pipeline import ArchetypeJob, load_prompts, plan_batches, prompt_spec_for
+from recbole_genair.archetypes.pipeline import plan_batches
 
 
 def extract_batch(task) -> List[List[int]]:
@@ -89,11 +88,8 @@ def main() -> None:
 
     pipeline._init_worker(pipeline.DEFAULT_LLM, "cpu", "float32", C)
     llm = pipeline._WORKER["llm"]
-    tokens, prompts = load_prompts(ArchetypeJob(dataset="ml-100k"), prompt_spec_for("ml-100k"))
-    tokens, prompts = tokens[:args.items], prompts[:args.items]
-    prompt_ids = encode_prompts(llm.tokenizer, prompts)
+    tokens, prompt_ids, item_order = bench_prompts(llm, args.items)
     n = len(prompt_ids)
-    item_order = [list(range(s, min(s + REF_BATCH, n))) for s in range(0, n, REF_BATCH)]
     sorted32 = plan_batches(tokens, prompt_ids, 32)
     print(f"# {n} ml-100k items, max_new_tokens={N}, greedy, {C} cores (os.cpu_count()={os.cpu_count()}), "
           f"torch {torch.__version__}; load average before start: {os.getloadavg()}", flush=True)

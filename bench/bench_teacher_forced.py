@@ -21,10 +21,10 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from bench_extraction import bench_prompts
 from recbole_genair.archetypes.extract import common_prefix_length, teacher_forced
-from recbole_genair.archetypes.llm import encode_prompts, load_llm
-from recbole_genair.archetypes.pipeline import (ArchetypeJob, load_prompts, plan_batches, prompt_spec_for,
-                                                read_texts, texts_path)
+from recbole_genair.archetypes.llm import load_llm
+from recbole_genair.archetypes.pipeline import ArchetypeJob, plan_batches, read_texts, texts_path
 
 
 def main() -> None:
@@ -38,12 +38,9 @@ def main() -> None:
     logging.getLogger("transformers").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
 
-    job = ArchetypeJob(dataset="ml-100k")
     llm = load_llm()
-    tokens, prompts = load_prompts(job, prompt_spec_for(job.dataset))
-    records = read_texts(texts_path(job.data_dir, job.dataset))
-    tokens, prompts = tokens[:args.items], prompts[:args.items]
-    prompt_ids = encode_prompts(llm.tokenizer, prompts)
+    tokens, prompt_ids, _ = bench_prompts(llm, args.items)
+    records = read_texts(texts_path(ArchetypeJob(dataset="ml-100k").data_dir, "ml-100k"))
     generated = [records[t]["generated_ids"] for t in tokens]
     batches = plan_batches(tokens, prompt_ids, args.batch_size)
     n_tokens = sum(len(p) + len(g) for p, g in zip(prompt_ids, generated))
