@@ -255,26 +255,30 @@ def _write_all(out, dataset, models, methods, seed_list, digest, done, metrics, 
     records = [done[(dataset, m, meth, s, digest)] for s in seed_list for m in models for meth in methods
                if (dataset, m, meth, s, digest) in done]
     outcome.records = records
-    rows = summarize(records, models, methods, metrics)
     protocol = next((r.get("protocol") for r in records if r.get("protocol")), "")
     title = (f"# Table 2: {dataset} — {len(seed_list)} seed(s) {seed_list}, config hash {digest}"
              + (f", {protocol}" if protocol else ""))
-    files = {"markdown": out / "table2.md", "csv": out / "table2.csv", "runs": out / "runs.csv"}
-    _atomic_write(files["markdown"], render_markdown(rows, methods, metrics, title, outcome.failures,
-                                                     outcome.missing))
+    outcome.files = _write_table(out / "table2", records, models, methods, metrics, title, outcome.failures,
+                                 outcome.missing)
+    outcome.files["runs"] = out / "runs.csv"
+    _atomic_write(outcome.files["runs"], _csv_text(*runs_csv(records)))
+
+
+def _write_table(stem: Path, records, models, methods, metrics, title, failures, missing) -> dict[str, Path]:
+    """``<stem>.md`` and ``<stem>.csv``: the Table 2 layout of ``records``."""
+    rows = summarize(records, models, methods, metrics)
+    files = {"markdown": stem.with_suffix(".md"), "csv": stem.with_suffix(".csv")}
+    _atomic_write(files["markdown"], render_markdown(rows, methods, metrics, title, failures, missing))
     _atomic_write(files["csv"], _csv_text(*table_csv(rows, methods)))
-    _atomic_write(files["runs"], _csv_text(*runs_csv(records)))
-    outcome.files = files
+    return files
 
 
-def full_ranking_records(records: Sequence[dict], store: ResultStore,
-                         evaluate=None) -> tuple[list[dict], list[dict]]:
+def full_ranking_records(records: Sequence[dict], store: ResultStore) -> tuple[list[dict], list[dict]]:
     """``records`` with ``test_result`` re-computed under full ranking, and the cells that failed.
 
-    ``evaluate(model_file) -> {metric: value}`` defaults to re-ranking the checkpoint against
-    every item; results are cached in ``store`` by cell and checkpoint file.
+    Each checkpoint is evaluated by :func:`full_ranking_metrics` once; results are cached in
+    ``store`` by cell and checkpoint file.
     """
-    evaluate = evaluate or full_ranking_metrics
     cached = store.load()
     out, failures = [], []
     for record in records:
@@ -282,14 +286,13 @@ def full_ranking_records(records: Sequence[dict], store: ResultStore,
         model_file = record.get("saved_model_file")
         hit = cached.get(key)
         if hit is None or hit.get("saved_model_file") != model_file:
-            cell = f"{record['model']} / {record['method']} / seed {record['seed']}"
             if not model_file or not Path(model_file).is_file():
                 failures.append({**{k: record[k] for k in ("model", "method", "seed")},
                                  "error": f"saved checkpoint {model_file!r} not found"})
                 continue
-            _say(f"full ranking: {cell} ({model_file}) ...")
+            _say(f"full ranking: {record['model']} / {record['method']} / seed {record['seed']} ({model_file}) ...")
             hit = {k: record[k] for k in ("dataset", "model", "method", "seed", "config_hash")}
-            hit.update(saved_model_file=model_file, test_result=evaluate(model_file),
+            hit.update(saved_model_file=model_file, test_result=full_ranking_metrics(model_file),
                        protocol="full ranking (every item), checkpoints selected as trained",
                        finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
             store.append(hit)
@@ -309,13 +312,10 @@ def full_ranking_metrics(model_file: str, metrics: Sequence[str] = ("hit@5", "hi
 
 def _write_full_ranking(out, dataset, models, methods, seed_list, digest, metrics, outcome: Outcome) -> None:
     records, failures = full_ranking_records(outcome.records, ResultStore(out / FULL_RANKING_FILE))
-    rows = summarize(records, models, methods, metrics)
     title = (f"# Table 2, full ranking: {dataset} — {len(seed_list)} seed(s) {seed_list}, config hash "
              f"{digest}, every item ranked (the checkpoints of table2.md, re-ranked)")
-    files = {"full_markdown": out / "table2_full.md", "full_csv": out / "table2_full.csv"}
-    _atomic_write(files["full_markdown"], render_markdown(rows, methods, metrics, title, failures, outcome.missing))
-    _atomic_write(files["full_csv"], _csv_text(*table_csv(rows, methods)))
-    outcome.files.update(files)
+    files = _write_table(out / "table2_full", records, models, methods, metrics, title, failures, outcome.missing)
+    outcome.files.update({f"full_{k}": v for k, v in files.items()})
     outcome.failures += failures
 
 
