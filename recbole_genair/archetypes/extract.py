@@ -78,13 +78,13 @@ def common_prefix_length(prompt_ids: Sequence[Sequence[int]]) -> int:
     return k
 
 
-def _forward_shared(decoder, seqs: Sequence[Sequence[int]], k: int, pad_id: int, device):
+def _forward_shared(decoder, seqs: Sequence[Sequence[int]], k: int, pad_id: int, device, keep_cache: bool):
     """Forward ``seqs``, whose first ``k`` tokens are the same in every row, with that prefix once.
 
     The prefix runs as a single row and its key/value cache is repeated for every row; each
     row's own tokens follow, left padded *after* the prefix (padding masked, positions
     continuing from the prefix), so every row sees exactly the keys and positions it would see
-    alone.  Returns (output over the own tokens, summed prefix states [H] or 0, attention mask
+    alone.  ``keep_cache``: return the key/value cache (generation goes on from it).  Returns (output over the own tokens, summed prefix states [H] or 0, attention mask
     including the prefix columns, own-token mask, positions).
     """
     ids, own = _left_pad([s[k:] for s in seqs], pad_id)
@@ -100,7 +100,7 @@ def _forward_shared(decoder, seqs: Sequence[Sequence[int]], k: int, pad_id: int,
         cache.batch_repeat_interleave(len(seqs))
         mask = torch.cat([torch.ones(own.shape[0], k, dtype=own.dtype, device=device), own], dim=-1)
     out = decoder(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                  use_cache=True)
+                  use_cache=keep_cache)
     return out, prefix_sum, mask, own, pos
 
 
@@ -116,7 +116,7 @@ def _prefill(decoder, prompt_ids: Sequence[Sequence[int]], pad_id: int, device, 
     unshared pass up to float round-off.
     """
     k = _shared_length(prompt_ids, share_prefix)
-    out, prefix_sum, mask, own, pos = _forward_shared(decoder, prompt_ids, k, pad_id, device)
+    out, prefix_sum, mask, own, pos = _forward_shared(decoder, prompt_ids, k, pad_id, device, keep_cache=True)
     hidden = out.last_hidden_state.float()
     ownf = own.unsqueeze(-1).to(hidden.dtype)
     prefill = (prefix_sum + (hidden * ownf).sum(1)) / (ownf.sum(1) + k).clamp(min=1)
@@ -184,7 +184,7 @@ def teacher_forced(model, prompt_ids: Sequence[Sequence[int]], generated: Sequen
     device = next(model.parameters()).device
     k = _shared_length(prompt_ids, share_prefix)
     full = [list(p) + list(g) for p, g in zip(prompt_ids, generated)]
-    out, prefix_sum, _, own, _ = _forward_shared(model.get_decoder(), full, k, pad_id, device)
+    out, prefix_sum, _, own, _ = _forward_shared(model.get_decoder(), full, k, pad_id, device, keep_cache=False)
     hidden = out.last_hidden_state.float()
     length = own.shape[1]
     pmask = torch.zeros_like(own, dtype=hidden.dtype)
