@@ -39,7 +39,8 @@ def main(argv=None) -> int:
                         help="LLM weights (default: float32 on CPU, float16 on CUDA); bfloat16 is "
                              "~2.7x faster on CPUs with AMX/AVX512-BF16, prefill embeddings agree to "
                              "cos > 0.9999 but greedy continuations can diverge (bench/RESULTS.md)")
-    parser.add_argument("--workers", type=int, default=1, help="CPU processes, each loads the LLM; --workers=<cores> uses the whole "
+    parser.add_argument("--workers", type=int, default=1,
+                        help="CPU processes, each loads the LLM; --workers=<cores> uses the whole "
                              "machine (as fast as one process with <cores> threads when idle; "
                              "bench/RESULTS.md)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
