@@ -14,6 +14,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from recbole_genair.archetypes import pipeline
 from recbole_genair.archetypes.extract import common_prefix_length, generate_and_embed, teacher_forced
+from recbole_genair.archetypes.llm import LoadedLLM
 from recbole_genair.archetypes.prompt import PromptSpec, build_prompt, read_item_file
 from recbole_genair.data.features import align_by_token, read_feature_file
 from recbole_genair.paths import DATASET_DIR
@@ -300,3 +301,37 @@ def test_exported_texts_let_a_fresh_checkout_resume_without_regenerating(referen
     _, ref = read_feature_file(reference_run / "ml-100k" / "ml-100k.archetype", ["prefill_emb", "decoding_emb"])
     for name in got:  # teacher forcing reproduces the one-pass states up to float round-off
         np.testing.assert_allclose(np.abs(got[name]), np.abs(ref[name]), rtol=1e-3, atol=1e-3)
+
+
+def test_verify_texts_regenerates_committed_ids_and_names_the_items_that_differ(reference_run, tmp_path):
+    report = pipeline.verify_texts(_job(reference_run))
+    assert (report["items_checked"], report["identical"], report["mismatched"]) == (N_ITEMS, N_ITEMS, [])
+    assert report["batches_checked"] == report["batches_planned"] == N_ITEMS // 2
+    assert pipeline.verify_texts(_job(reference_run), sample=1)["items_checked"] == 2
+
+    root = tmp_path / "tampered"
+    shutil.copytree(reference_run, root)
+    texts = root / "ml-100k" / "archetypes" / "ml-100k.archetypes.jsonl"
+    records = [json.loads(l) for l in texts.read_text().splitlines()]
+    records[3]["generated_ids"] = records[3]["generated_ids"][:-1] + [records[3]["generated_ids"][-1] + 1]
+    texts.write_text("\n".join(json.dumps(r) for r in records[:5]) + "\n")  # and one item left out
+    report = pipeline.verify_texts(_job(root))
+    assert report["mismatched"] == [records[3]["item_id"]]
+    assert report["not_in_texts"] == [records[5]["item_id"]] and report["items_checked"] == N_ITEMS - 1
+
+    job = _job(reference_run)
+    job.generation = pipeline.GenerationSettings(max_new_tokens=3)
+    with pytest.raises(pipeline.ArchetypeError, match=r"generation\.max_new_tokens: 4 -> 3"):
+        pipeline.verify_texts(job)
+
+
+def test_llm_identity_is_the_gguf_content_not_where_it_is_installed(tiny_llama, tmp_path):
+    def loaded(directory: Path, content: bytes) -> dict:
+        directory.mkdir()
+        (directory / "model.gguf").write_bytes(content)
+        return LoadedLLM(model=tiny_llama, tokenizer=None, name=str(directory / "model.gguf"),
+                         source=str(directory), gguf_file="model.gguf", stop_ids=[2], pad_id=0).identity()
+
+    here, there = loaded(tmp_path / "venv_a", b"weights"), loaded(tmp_path / "venv_b", b"weights")
+    assert here == there and str(tmp_path) not in json.dumps(here)
+    assert loaded(tmp_path / "venv_c", b"weightz")["gguf_sha256"] != here["gguf_sha256"]

@@ -14,7 +14,8 @@ import sys
 
 from recbole_genair.archetypes.llm import DEFAULT_LLM
 from recbole_genair.archetypes.pipeline import (ArchetypeError, ArchetypeJob, GenerationSettings,
-                                                export_texts, rebuild_from_texts, run)
+                                                export_texts, rebuild_from_texts, run,
+                                                verify_texts)
 
 
 def _pca(value: str) -> float:
@@ -53,6 +54,10 @@ def main(argv=None) -> int:
                         help="rebuild embeddings from the committed archetype texts (no generation)")
     parser.add_argument("--export-texts", dest="export_texts", action="store_true",
                         help="write the texts generated so far (to commit an unfinished run)")
+    parser.add_argument("--verify-texts", dest="verify_texts", nargs="?", type=int, const=0, default=None,
+                        metavar="N", help="regenerate the committed texts (all batches, or N drawn at "
+                                          "random) with the recorded settings and compare token ids; "
+                                          "writes nothing, exits 1 on any difference")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     import torch
@@ -65,7 +70,9 @@ def main(argv=None) -> int:
                                                      do_sample=args.do_sample, temperature=args.temperature,
                                                      top_p=args.top_p, seed=args.seed, dtype=dtype))
     try:
-        if args.export_texts:
+        if args.verify_texts is not None:
+            summary = verify_texts(job, sample=args.verify_texts or None)
+        elif args.export_texts:
             summary = export_texts(job)
         else:
             summary = rebuild_from_texts(job) if args.from_texts else run(job)
@@ -73,7 +80,7 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2, default=str))
-    return 0
+    return 1 if summary.get("mismatched") else 0
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ e.g. ``--llm=meta-llama/Llama-2-7b-chat-hf`` or ``--llm=/models/Qwen2.5-7B-Instr
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.util
 import logging
 from dataclasses import dataclass
@@ -42,10 +44,27 @@ class LoadedLLM:
         return int(self.model.config.hidden_size)
 
     def identity(self) -> dict:
-        return {"llm": self.name, "source": self.source, "gguf_file": self.gguf_file,
-                "architecture": type(self.model).__name__,
-                "hidden_size": self.hidden_size,
-                "num_layers": int(self.model.config.num_hidden_layers)}
+        """What the outputs depend on, and nothing about where the model is installed.
+
+        A GGUF file is identified by its name and content hash, so texts made in one
+        environment are recognised (and reused) in another; a Hugging Face id or a directory
+        by what the user passed.
+        """
+        ident = {"llm": Path(self.name).name if self.gguf_file else self.name, "gguf_file": self.gguf_file,
+                 "architecture": type(self.model).__name__, "hidden_size": self.hidden_size,
+                 "num_layers": int(self.model.config.num_hidden_layers)}
+        if self.gguf_file:
+            ident["gguf_sha256"] = file_sha256(Path(self.source) / self.gguf_file)
+        return ident
+
+
+@functools.lru_cache(maxsize=8)
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def resolve_llm(name: str) -> tuple[str, Optional[str]]:

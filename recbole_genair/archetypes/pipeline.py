@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing as mp
+import random
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -201,18 +202,9 @@ def run(job: ArchetypeJob) -> dict:
     t0 = time.time()
     with tqdm(total=len(tokens), initial=len(tokens) - remaining, desc=f"archetypes {job.dataset}",
               unit="item", dynamic_ncols=True) as bar:
-        if job.workers <= 1 or len(tasks) <= 1:
-            for task in tasks:
-                _, n_ok, bad = _run_batch(task)
-                failed += bad
-                bar.update(n_ok + len(bad))
-        else:
-            ctx = mp.get_context("spawn")
-            with ctx.Pool(job.workers, initializer=_init_worker,
-                          initargs=(job.llm, job.device, job.generation.dtype, job.threads)) as pool:
-                for _, n_ok, bad in pool.imap_unordered(_run_batch, tasks):
-                    failed += bad
-                    bar.update(n_ok + len(bad))
+        for _, n_ok, bad in _map(job, _run_batch, tasks):
+            failed += bad
+            bar.update(n_ok + len(bad))
     elapsed = time.time() - t0
     results, failures = store.collect()
     missing = [t for t in tokens if t not in results]
@@ -318,6 +310,79 @@ def seed_from_texts(job: ArchetypeJob, store: ShardStore, tokens, prompt_ids, ll
                            [records[tokens[i]]["stopped"] for i in rows])
         store.write(f"t{n:06d}", shard)
     return set(records)
+
+
+def _settings_diff(recorded, current, path: str = "") -> List[str]:
+    """``key: recorded -> current`` for each leaf setting that differs."""
+    if isinstance(recorded, dict) and isinstance(current, dict):
+        return [d for k in sorted(set(recorded) | set(current))
+                for d in _settings_diff(recorded.get(k), current.get(k), f"{path}{k}.")]
+    return [] if recorded == current else [f"{path.rstrip('.')}: {recorded!r} -> {current!r}"]
+
+
+def _verify_batch(task) -> tuple[int, List[tuple]]:
+    """Regenerate one planned batch; ``(token, committed ids, regenerated ids)`` per item."""
+    batch_no, tokens, prompt_ids, committed, gen = task
+    res = _extract(_WORKER["llm"], prompt_ids, gen, gen.seed + batch_no)
+    return batch_no, [(t, c, list(g)) for t, c, g in zip(tokens, committed, res.generated)]
+
+
+def verify_texts(job: ArchetypeJob, sample: Optional[int] = None, seed: int = 0) -> dict:
+    """Regenerate the committed texts' batches and compare the token ids (nothing is written).
+
+    Batches are planned exactly as :func:`run` plans them (same order, size and per-batch seed),
+    so a greedy run must give the committed ids; ``sample`` checks that many batches drawn at
+    random (``seed``) instead of all.  The settings must be the ones recorded with the texts.
+    """
+    spec = prompt_spec_for(job.dataset)
+    tokens, prompts = load_prompts(job, spec)
+    path, meta_file = texts_path(job.data_dir, job.dataset), meta_path(job.data_dir, job.dataset)
+    if not (path.is_file() and meta_file.is_file()):
+        raise ArchetypeError(f"{path} (and its .meta.json) not found: nothing to verify")
+    records = read_texts(path)
+    torch.set_num_threads(job.threads)
+    _init_worker(job.llm, job.device, job.generation.dtype, job.threads)
+    llm: LoadedLLM = _WORKER["llm"]
+    settings = job_settings(job, llm, spec)
+    recorded = json.loads(meta_file.read_text()).get("settings", {})
+    diff = _settings_diff(json.loads(json.dumps(recorded, default=str)),
+                          json.loads(json.dumps(settings, default=str)))
+    if diff:
+        raise ArchetypeError(f"{path} was made with other settings; pass the recorded ones "
+                             f"(recorded -> given): " + "; ".join(diff))
+    prompt_ids = encode_prompts(llm.tokenizer, prompts)
+    planned = plan_batches(tokens, prompt_ids, job.batch_size)
+    batches = list(enumerate(planned))
+    if sample is not None and sample < len(batches):
+        batches = sorted(random.Random(seed).sample(batches, sample))
+    tasks = [(b, [tokens[i] for i in rows], [prompt_ids[i] for i in rows],
+              [records[tokens[i]]["generated_ids"] if tokens[i] in records else None for i in rows],
+              job.generation) for b, rows in batches]
+    checked, mismatched = 0, []
+    with tqdm(total=sum(len(t[1]) for t in tasks), desc=f"verify {job.dataset}", unit="item",
+              dynamic_ncols=True) as bar:
+        for _, items in _map(job, _verify_batch, tasks):
+            for token, committed, regenerated in items:
+                if committed is not None:  # an exported, unfinished texts file lacks some items
+                    checked += 1
+                    if committed != regenerated:
+                        mismatched.append(token)
+            bar.update(len(items))
+    missing = [t for t in tokens if t not in records]
+    return {"batches_checked": len(tasks), "batches_planned": len(planned),
+            "items_checked": checked, "identical": checked - len(mismatched),
+            "mismatched": mismatched, "not_in_texts": missing}
+
+
+def _map(job: ArchetypeJob, fn, tasks):
+    """``fn`` over ``tasks`` in this process or in ``job.workers`` spawned workers (unordered)."""
+    if job.workers <= 1 or len(tasks) <= 1:
+        yield from map(fn, tasks)
+        return
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(job.workers, initializer=_init_worker,
+                  initargs=(job.llm, job.device, job.generation.dtype, job.threads)) as pool:
+        yield from pool.imap_unordered(fn, tasks)
 
 
 def reduce_pca(matrix: np.ndarray, pca: float, seed: int = 0) -> tuple[np.ndarray, dict]:
