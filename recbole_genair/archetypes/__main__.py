@@ -59,6 +59,8 @@ def main(argv=None) -> int:
                                           "random) with the recorded settings and compare token ids; "
                                           "writes nothing, exits 1 on any difference")
     args = parser.parse_args(argv)
+    if args.verify_texts is not None and args.verify_texts < 0:
+        parser.error("--verify-texts takes a number of batches >= 1 (or nothing: all batches)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     import torch
 
