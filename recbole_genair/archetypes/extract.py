@@ -84,8 +84,9 @@ def _forward_shared(decoder, seqs: Sequence[Sequence[int]], k: int, pad_id: int,
     The prefix runs as a single row and its key/value cache is repeated for every row; each
     row's own tokens follow, left padded *after* the prefix (padding masked, positions
     continuing from the prefix), so every row sees exactly the keys and positions it would see
-    alone.  ``keep_cache``: return the key/value cache (generation goes on from it).  Returns (output over the own tokens, summed prefix states [H] or 0, attention mask
-    including the prefix columns, own-token mask, positions).
+    alone.  ``keep_cache``: return the key/value cache (generation goes on from it).  Returns
+    (output over the own tokens, summed prefix states [H] or 0, attention mask including the
+    prefix columns, own-token mask, positions).
     """
     ids, own = _left_pad([s[k:] for s in seqs], pad_id)
     ids, own = ids.to(device), own.to(device)

@@ -118,6 +118,12 @@ def _init_worker(llm: str, device: str, dtype: str, threads: int) -> None:
         _WORKER["key"] = (llm, device, dtype)
 
 
+def _job_llm(job: ArchetypeJob) -> LoadedLLM:
+    """The job's LLM, loaded in this process (with the job's thread count) as a worker would."""
+    _init_worker(job.llm, job.device, job.generation.dtype, job.threads)
+    return _WORKER["llm"]
+
+
 def _extract(llm: LoadedLLM, prompt_ids, gen: GenerationSettings, seed: int):
     generator = None
     if gen.do_sample:
@@ -175,14 +181,12 @@ def job_settings(job: ArchetypeJob, llm: LoadedLLM, spec: PromptSpec) -> dict:
 
 def run(job: ArchetypeJob) -> dict:
     """Generate (resuming), then write texts, raw embeddings, features and co-occurrence."""
-    torch.set_num_threads(job.threads)
     spec = prompt_spec_for(job.dataset)
     tokens, prompts = load_prompts(job, spec)
     if job.limit:
         tokens, prompts = tokens[:job.limit], prompts[:job.limit]
     logger.info("loading LLM %s", job.llm)
-    _init_worker(job.llm, job.device, job.generation.dtype, job.threads)
-    llm: LoadedLLM = _WORKER["llm"]
+    llm = _job_llm(job)
     prompt_ids = encode_prompts(llm.tokenizer, prompts)
     settings = job_settings(job, llm, spec)
     cache_root = job.data_dir / "archetypes" / "cache"
@@ -275,8 +279,7 @@ def export_texts(job: ArchetypeJob) -> dict:
     """
     spec = prompt_spec_for(job.dataset)
     tokens, _ = load_prompts(job, spec)
-    _init_worker(job.llm, job.device, job.generation.dtype, job.threads)
-    llm: LoadedLLM = _WORKER["llm"]
+    llm = _job_llm(job)
     settings = job_settings(job, llm, spec)
     store = ShardStore(job.data_dir / "archetypes" / "cache", settings)
     results, _ = store.collect()
@@ -320,11 +323,11 @@ def _settings_diff(recorded, current, path: str = "") -> List[str]:
     return [] if recorded == current else [f"{path.rstrip('.')}: {recorded!r} -> {current!r}"]
 
 
-def _verify_batch(task) -> tuple[int, List[tuple]]:
+def _verify_batch(task) -> List[tuple]:
     """Regenerate one planned batch; ``(token, committed ids, regenerated ids)`` per item."""
     batch_no, tokens, prompt_ids, committed, gen = task
     res = _extract(_WORKER["llm"], prompt_ids, gen, gen.seed + batch_no)
-    return batch_no, [(t, c, list(g)) for t, c, g in zip(tokens, committed, res.generated)]
+    return [(t, c, list(g)) for t, c, g in zip(tokens, committed, res.generated)]
 
 
 def verify_texts(job: ArchetypeJob, sample: Optional[int] = None, seed: int = 0) -> dict:
@@ -340,9 +343,7 @@ def verify_texts(job: ArchetypeJob, sample: Optional[int] = None, seed: int = 0)
     if not (path.is_file() and meta_file.is_file()):
         raise ArchetypeError(f"{path} (and its .meta.json) not found: nothing to verify")
     records = read_texts(path)
-    torch.set_num_threads(job.threads)
-    _init_worker(job.llm, job.device, job.generation.dtype, job.threads)
-    llm: LoadedLLM = _WORKER["llm"]
+    llm = _job_llm(job)
     settings = job_settings(job, llm, spec)
     recorded = json.loads(meta_file.read_text()).get("settings", {})
     diff = _settings_diff(json.loads(json.dumps(recorded, default=str)),
@@ -361,7 +362,7 @@ def verify_texts(job: ArchetypeJob, sample: Optional[int] = None, seed: int = 0)
     checked, mismatched = 0, []
     with tqdm(total=sum(len(t[1]) for t in tasks), desc=f"verify {job.dataset}", unit="item",
               dynamic_ncols=True) as bar:
-        for _, items in _map(job, _verify_batch, tasks):
+        for items in _map(job, _verify_batch, tasks):
             for token, committed, regenerated in items:
                 if committed is not None:  # an exported, unfinished texts file lacks some items
                     checked += 1
@@ -445,9 +446,7 @@ def rebuild_from_texts(job: ArchetypeJob) -> dict:
     missing = [t for t in tokens if t not in records]
     if missing:
         raise ArchetypeError(f"{path}: no archetype for {len(missing)} items, e.g. {missing[:10]}")
-    torch.set_num_threads(job.threads)
-    _init_worker(job.llm, job.device, job.generation.dtype, job.threads)
-    llm: LoadedLLM = _WORKER["llm"]
+    llm = _job_llm(job)
     prompt_ids = encode_prompts(llm.tokenizer, prompts)
     for t, ids in zip(tokens, prompt_ids):
         if len(ids) != records[t]["n_prompt"]:
