@@ -1,0 +1,189 @@
+"""Analysis: where a trained model's preference for popular items lives.
+
+Claim (bench/RESULTS.md, "Why GenAIR's full-ranking lists concentrate on popular items"):
+GenAIR's item rows are a function of the frozen archetype features, so an item's own
+popularity cannot be stored in its row; BERT4Rec still has one free number per item, its
+output bias, and GenAIR-BERT4Rec puts popularity there: the bias spreads several times wider
+than in the ID-table model, and scaling it down at inference moves the top-10 lists off the
+popular items.  Removing the item-norm differences (cosine-style scores) does not.
+
+For each checkpoint (one process, 1 torch thread, the checkpoints' own data and fixed
+negatives), the script prints
+
+* how the item rows and the output bias (BERT4Rec only) relate to popularity: Spearman
+  correlation with the item's training interactions;
+* the user-independent part of the score, g(i) = mean user vector · e_i + b_i: its Spearman
+  correlation with popularity and the median over users of corr(score_u, g) (1 = every user
+  gets the same ranking);
+* HR@10 / NDCG@10 overall and on popular / long-tail targets (the 20 % / 80 % Pareto split of
+  ``significance --by_popularity``), the popular share of the top-10 slots and the distinct
+  items over all top-10 lists, under full ranking and the 100 fixed negatives, on valid and
+  test, at each ``--bias_scales`` factor (``1`` = the trained model) and, with
+  ``--norm_powers``, with item rows divided by ``||e_i||^p`` (rescaled to the mean norm);
+  ratios are against the trained model in the same run.
+
+Run from the project root on checkpoints the experiment runner saved:
+
+    python bench/bench_popularity.py bench/out/beauty/saved/GenAIRBERT4Rec-*.pth \\
+        bench/out/beauty/saved/BERT4Rec-*.pth [--bias_scales 1,0.5,0] [--norm_powers 1] [--splits valid,test]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+from typing import Iterator
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+from recbole_genair.data.cooccurrence import training_item_counts
+from recbole_genair.data.dataset import interaction_columns
+from recbole_genair.quick_start import load_data_and_model, make_trainer
+from recbole_genair.significance import TOP_K, per_user_metric, popular_items
+
+USER_SAMPLE = 3000  # users whose full score rows are compared with the user-independent score
+
+
+@contextlib.contextmanager
+def capture_user_vectors(model) -> Iterator[list]:
+    """Collect the sequence representation each ``full_sort_predict`` scores with.
+
+    RecBole's SASRec, GRU4Rec and BERT4Rec all pick the last position's output with
+    ``gather_indexes`` before scoring; the probe wraps it for the duration of the block.
+    """
+    captured: list = []
+    original = model.gather_indexes
+
+    def probe(*args, **kwargs):
+        out = original(*args, **kwargs)
+        captured.append(out.detach().double().cpu().numpy())
+        return out
+
+    model.gather_indexes = probe
+    try:
+        yield captured
+    finally:
+        del model.gather_indexes  # back to the class method
+
+
+@contextlib.contextmanager
+def modified_scores(model, n_items: int, bias_scale: float = 1.0, norm_power: float = 0.0) -> Iterator[None]:
+    """Scale the output bias and/or divide item rows by ``||e_i||^norm_power`` during the block."""
+    bias = getattr(model, "output_bias", None)
+    saved_bias = None if bias is None else bias.detach().clone()
+    table = model.item_embedding
+    compute = getattr(table, "compute_table", None)
+    saved_weight = None
+    if norm_power:
+        if compute is not None:
+            def normalised(original=compute):
+                rows = original().clone()
+                norms = rows[1:n_items].norm(dim=1, keepdim=True)
+                rows[1:n_items] = rows[1:n_items] / norms ** norm_power * norms.mean() ** norm_power
+                return rows
+            table.compute_table = normalised
+            table.train(False)  # drop the cached table
+        else:
+            saved_weight = table.weight.detach().clone()
+            with torch.no_grad():
+                norms = table.weight[1:n_items].norm(dim=1, keepdim=True)
+                table.weight[1:n_items] /= norms ** norm_power / norms.mean() ** norm_power
+    if bias is not None:
+        with torch.no_grad():
+            bias.mul_(bias_scale)
+    try:
+        yield
+    finally:
+        if bias is not None:
+            with torch.no_grad():
+                bias.copy_(saved_bias)
+        if compute is not None and norm_power:
+            del table.compute_table
+            table.train(False)
+        if saved_weight is not None:
+            with torch.no_grad():
+                table.weight.copy_(saved_weight)
+
+
+def ranking_row(trainer, data, head: np.ndarray) -> dict:
+    users, items, ranks, top = trainer.user_ranks(data, top_k=TOP_K)
+    hit, ndcg = per_user_metric(ranks, f"hit@{TOP_K}"), per_user_metric(ranks, f"ndcg@{TOP_K}")
+    popular = head[items]
+    return {"HR": hit.mean(), "NDCG": ndcg.mean(), "NDCG popular": ndcg[popular].mean(),
+            "NDCG long-tail": ndcg[~popular].mean(), "top-10 popular": head[top].mean(),
+            "distinct": float(len(np.unique(top)))}
+
+
+def describe(model_file: str, bias_scales: list[float], norm_powers: list[float], splits: list[str]) -> None:
+    config, model, dataset, _train, valid_data, test_data = load_data_and_model(model_file)
+    model.eval()
+    counts = np.asarray(training_item_counts(*interaction_columns(dataset), n_items=dataset.item_num), float)
+    head = popular_items(counts)
+    print(f"\n## {config['backbone']} / {config['method']} (seed {config['seed']}): {model_file}\n")
+
+    trainer = make_trainer(config, model, dataset)
+    trainer.set_negatives(None)
+    with capture_user_vectors(model) as captured:
+        trainer.user_ranks(test_data)
+    users = np.concatenate(captured)
+    with torch.no_grad():
+        rows = model.item_embedding.weight[1:dataset.item_num].double().cpu().numpy()
+    bias = getattr(model, "output_bias", None)
+    bias = None if bias is None else bias.detach().double().cpu().numpy()[1:dataset.item_num]
+    count = counts[1:]
+    norms = np.linalg.norm(rows, axis=1)
+    general = rows @ users.mean(0) + (0.0 if bias is None else bias)
+    sample = np.random.default_rng(0).choice(len(users), min(USER_SAMPLE, len(users)), replace=False)
+    scores = users[sample] @ rows.T + (0.0 if bias is None else bias)
+    agreement = np.median([np.corrcoef(s, general)[0, 1] for s in scores])
+    print(f"- item rows: mean norm {norms.mean():.3f}, Spearman(norm, popularity) {spearmanr(norms, count)[0]:+.3f}")
+    if bias is None:
+        print("- output bias: none (this backbone scores with the item rows only)")
+    else:
+        print(f"- output bias: std {bias.std():.3f} (score std per user, median {np.median(scores.std(1)):.3f}), "
+              f"Spearman(bias, popularity) {spearmanr(bias, count)[0]:+.3f}")
+    print(f"- user-independent score g = mean user · e + b: Spearman(g, popularity) "
+          f"{spearmanr(general, count)[0]:+.3f}; median per-user corr(score, g) {agreement:.3f}\n")
+
+    variants = [(f"bias × {s:g}", s, 0.0) for s in bias_scales if bias is not None or s == 1.0]
+    variants += [(f"rows / norm^{p:g}", 1.0, p) for p in norm_powers if p]
+    columns = ["HR", "NDCG", "NDCG popular", "NDCG long-tail", "top-10 popular", "distinct"]
+    print("| split | candidates | variant | " + " | ".join(columns) + " | long-tail NDCG ratio |")
+    print("|---|---|---|" + "--:|" * (len(columns) + 1))
+    for split in splits:
+        data = valid_data if split == "valid" else test_data
+        for full in (True, False):
+            trainer = make_trainer(config, model, dataset)
+            if full:
+                trainer.set_negatives(None)
+            reference = None
+            for name, scale, power in variants:
+                with modified_scores(model, dataset.item_num, scale, power):
+                    row = ranking_row(trainer, data, head)
+                reference = reference or row
+                cells = [f"{row[c]:.4f}" if c in ("HR", "NDCG", "NDCG popular", "NDCG long-tail")
+                         else (f"{row[c]:.1%}" if c == "top-10 popular" else f"{row[c]:,.0f}") for c in columns]
+                ratio = row["NDCG long-tail"] / reference["NDCG long-tail"] if reference["NDCG long-tail"] else float("nan")
+                print(f"| {split} | {'all items' if full else '100 fixed negatives'} | {name} | "
+                      + " | ".join(cells) + f" | {ratio:.2f}x |", flush=True)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoints", nargs="+")
+    parser.add_argument("--bias_scales", default="1,0.5,0", help="output-bias factors (BERT4Rec); 1 = as trained")
+    parser.add_argument("--norm_powers", default="", help="also divide item rows by ||e||^p, e.g. 1")
+    parser.add_argument("--splits", default="test")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    scales = [float(s) for s in args.bias_scales.split(",") if s]
+    if 1.0 in scales:
+        scales.remove(1.0)
+    powers = [float(p) for p in args.norm_powers.split(",") if p]
+    for model_file in args.checkpoints:
+        describe(model_file, [1.0] + scales, powers, args.splits.split(","))
+
+
+if __name__ == "__main__":
+    main()
