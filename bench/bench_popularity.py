@@ -19,7 +19,8 @@ negatives), the script prints
   ``significance --by_popularity``), the popular share of the top-10 slots and the distinct
   items over all top-10 lists, under full ranking and the 100 fixed negatives, on valid and
   test, at each ``--bias_scales`` factor (``1`` = the trained model) and, with
-  ``--norm_powers``, with item rows divided by ``||e_i||^p`` (rescaled to the mean norm);
+  ``--norm_powers``, with item rows divided by ``||e_i||^p`` (rescaled to the mean norm; the
+  changed table is used everywhere the model reads it, sequence inputs as well as scores);
   ratios are against the trained model in the same run.
 
 Run from the project root on checkpoints the experiment runner saved:
@@ -43,6 +44,8 @@ from recbole_genair.quick_start import load_data_and_model, make_trainer
 from recbole_genair.significance import TOP_K, per_user_metric, popular_items
 
 USER_SAMPLE = 3000  # users whose full score rows are compared with the user-independent score
+COLUMNS = {"HR": "{:.4f}", "NDCG": "{:.4f}", "NDCG popular": "{:.4f}", "NDCG long-tail": "{:.4f}",
+           "top-10 popular": "{:.1%}", "distinct": "{:,.0f}"}
 
 
 @contextlib.contextmanager
@@ -122,10 +125,11 @@ def describe(model_file: str, bias_scales: list[float], norm_powers: list[float]
     head = popular_items(counts)
     print(f"\n## {config['backbone']} / {config['method']} (seed {config['seed']}): {model_file}\n")
 
-    trainer = make_trainer(config, model, dataset)
-    trainer.set_negatives(None)
+    sampled = make_trainer(config, model, dataset)  # the checkpoint's fixed negatives
+    full = make_trainer(config, model, dataset)
+    full.set_negatives(None)
     with capture_user_vectors(model) as captured:
-        trainer.user_ranks(test_data)
+        full.user_ranks(test_data)
     users = np.concatenate(captured)
     with torch.no_grad():
         rows = model.item_embedding.weight[1:dataset.item_num].double().cpu().numpy()
@@ -148,25 +152,19 @@ def describe(model_file: str, bias_scales: list[float], norm_powers: list[float]
 
     variants = [(f"bias × {s:g}", s, 0.0) for s in bias_scales if bias is not None or s == 1.0]
     variants += [(f"rows / norm^{p:g}", 1.0, p) for p in norm_powers if p]
-    columns = ["HR", "NDCG", "NDCG popular", "NDCG long-tail", "top-10 popular", "distinct"]
-    print("| split | candidates | variant | " + " | ".join(columns) + " | long-tail NDCG ratio |")
-    print("|---|---|---|" + "--:|" * (len(columns) + 1))
+    print("| split | candidates | variant | " + " | ".join(COLUMNS) + " | long-tail NDCG ratio |")
+    print("|---|---|---|" + "--:|" * (len(COLUMNS) + 1))
     for split in splits:
         data = valid_data if split == "valid" else test_data
-        for full in (True, False):
-            trainer = make_trainer(config, model, dataset)
-            if full:
-                trainer.set_negatives(None)
+        for candidates, trainer in (("all items", full), ("100 fixed negatives", sampled)):
             reference = None
             for name, scale, power in variants:
                 with modified_scores(model, dataset.item_num, scale, power):
                     row = ranking_row(trainer, data, head)
                 reference = reference or row
-                cells = [f"{row[c]:.4f}" if c in ("HR", "NDCG", "NDCG popular", "NDCG long-tail")
-                         else (f"{row[c]:.1%}" if c == "top-10 popular" else f"{row[c]:,.0f}") for c in columns]
+                cells = [fmt.format(row[c]) for c, fmt in COLUMNS.items()]
                 ratio = row["NDCG long-tail"] / reference["NDCG long-tail"] if reference["NDCG long-tail"] else float("nan")
-                print(f"| {split} | {'all items' if full else '100 fixed negatives'} | {name} | "
-                      + " | ".join(cells) + f" | {ratio:.2f}x |", flush=True)
+                print(f"| {split} | {candidates} | {name} | " + " | ".join(cells) + f" | {ratio:.2f}x |", flush=True)
 
 
 def main(argv=None) -> None:
