@@ -15,6 +15,12 @@ negatives), the script prints
 * the user-independent part of the score, g(i) = mean user vector · e_i + b_i: its Spearman
   correlation with popularity and the median over users of corr(score_u, g) (1 = every user
   gets the same ranking);
+* where the test target lands in the full ranking (median rank, share under 10 ... 1000): a
+  model can rank targets better overall (the 100-negative protocol samples the bulk of the
+  list) and still worse at the very top;
+* how many top-10 slots hold the target's 20 nearest items by archetype-feature cosine
+  ("semantic crowding"; the features come from the first GenAIR checkpoint given, so list it
+  first to get the line for the others too);
 * HR@10 / NDCG@10 overall and on popular / long-tail targets (the 20 % / 80 % Pareto split of
   ``significance --by_popularity``), the popular share of the top-10 slots and the distinct
   items over all top-10 lists, under full ranking and the 100 fixed negatives, on valid and
@@ -43,6 +49,8 @@ from recbole_genair.data.dataset import interaction_columns
 from recbole_genair.quick_start import load_data_and_model, make_trainer
 from recbole_genair.significance import TOP_K, per_user_metric, popular_items
 
+NEIGHBOURS = 20  # the target's nearest items by archetype-feature cosine, for the crowding check
+RANK_CUTS = (10, 50, 100, 500, 1000)
 USER_SAMPLE = 3000  # users whose full score rows are compared with the user-independent score
 COLUMNS = {"HR": "{:.4f}", "NDCG": "{:.4f}", "NDCG popular": "{:.4f}", "NDCG long-tail": "{:.4f}",
            "top-10 popular": "{:.1%}", "distinct": "{:,.0f}"}
@@ -71,8 +79,16 @@ def capture_user_vectors(model) -> Iterator[list]:
 
 
 @contextlib.contextmanager
-def modified_scores(model, n_items: int, bias_scale: float = 1.0, norm_power: float = 0.0) -> Iterator[None]:
-    """Scale the output bias and/or divide item rows by ``||e_i||^norm_power`` during the block."""
+def modified_scores(model, n_items: int, bias_scale: float = 1.0, norm_power: float = 0.0,
+                    user_shift: torch.Tensor | None = None) -> Iterator[None]:
+    """Scale the output bias, divide item rows by ``||e_i||^norm_power`` and/or subtract
+    ``user_shift`` from every sequence representation during the block."""
+    if user_shift is not None:
+        gather = model.gather_indexes
+
+        def shifted(*args, **kwargs):
+            return gather(*args, **kwargs) - user_shift.to(args[0].dtype)
+        model.gather_indexes = shifted
     bias = getattr(model, "output_bias", None)
     saved_bias = None if bias is None else bias.detach().clone()
     table = model.item_embedding
@@ -107,6 +123,34 @@ def modified_scores(model, n_items: int, bias_scale: float = 1.0, norm_power: fl
         if saved_weight is not None:
             with torch.no_grad():
                 table.weight.copy_(saved_weight)
+        if user_shift is not None:
+            del model.gather_indexes
+
+
+_neighbours: dict[str, np.ndarray] = {}  # data set → [n_items, NEIGHBOURS], from the first GenAIR checkpoint
+
+
+def cosine_blocks(x: torch.Tensor, block: int = 2048) -> Iterator[torch.Tensor]:
+    """Row blocks of the cosine-similarity matrix of ``x``'s rows, each row's own entry set to -2."""
+    x = torch.nn.functional.normalize(x.detach().float(), dim=1)
+    for start in range(0, len(x), block):
+        sim = x[start:start + block] @ x.T
+        sim[torch.arange(len(sim)), torch.arange(start, start + len(sim))] = -2.0
+        yield sim
+
+
+def feature_neighbours(features: torch.Tensor) -> np.ndarray:
+    """Each item's ``NEIGHBOURS`` nearest other items (never padding) by archetype-feature cosine."""
+    blocks = []
+    for sim in cosine_blocks(features):
+        sim[:, 0] = -2.0
+        blocks.append(sim.topk(NEIGHBOURS, dim=1).indices)
+    return torch.cat(blocks).numpy()
+
+
+def nearest_row_cosine(rows: np.ndarray) -> np.ndarray:
+    """Each row's largest cosine with any other row."""
+    return torch.cat([sim.max(1).values for sim in cosine_blocks(torch.as_tensor(rows))]).numpy()
 
 
 def ranking_row(trainer, data, head: np.ndarray) -> dict:
@@ -118,7 +162,8 @@ def ranking_row(trainer, data, head: np.ndarray) -> dict:
             "distinct": float(len(np.unique(top)))}
 
 
-def describe(model_file: str, bias_scales: list[float], norm_powers: list[float], splits: list[str]) -> None:
+def describe(model_file: str, bias_scales: list[float], norm_powers: list[float], centerings: list[float],
+             splits: list[str]) -> None:
     config, model, dataset, _train, valid_data, test_data = load_data_and_model(model_file)
     model.eval()
     counts = np.asarray(training_item_counts(*interaction_columns(dataset), n_items=dataset.item_num), float)
@@ -129,7 +174,7 @@ def describe(model_file: str, bias_scales: list[float], norm_powers: list[float]
     full = make_trainer(config, model, dataset)
     full.set_negatives(None)
     with capture_user_vectors(model) as captured:
-        full.user_ranks(test_data)
+        _users, targets, ranks, top = full.user_ranks(test_data, top_k=TOP_K)
     users = np.concatenate(captured)
     with torch.no_grad():
         rows = model.item_embedding.weight[1:dataset.item_num].double().cpu().numpy()
@@ -141,25 +186,40 @@ def describe(model_file: str, bias_scales: list[float], norm_powers: list[float]
     sample = np.random.default_rng(0).choice(len(users), min(USER_SAMPLE, len(users)), replace=False)
     scores = users[sample] @ rows.T + (0.0 if bias is None else bias)
     agreement = np.median([np.corrcoef(s, general)[0, 1] for s in scores])
-    print(f"- item rows: mean norm {norms.mean():.3f}, Spearman(norm, popularity) {spearmanr(norms, count)[0]:+.3f}")
+    print(f"- item rows: mean norm {norms.mean():.3f}, Spearman(norm, popularity) {spearmanr(norms, count)[0]:+.3f}; "
+          f"items whose nearest other row has cosine > 0.9: {np.mean(nearest_row_cosine(rows) > 0.9):.1%}")
     if bias is None:
         print("- output bias: none (this backbone scores with the item rows only)")
     else:
         print(f"- output bias: std {bias.std():.3f} (score std per user, median {np.median(scores.std(1)):.3f}), "
               f"Spearman(bias, popularity) {spearmanr(bias, count)[0]:+.3f}")
     print(f"- user-independent score g = mean user · e + b: Spearman(g, popularity) "
-          f"{spearmanr(general, count)[0]:+.3f}; median per-user corr(score, g) {agreement:.3f}\n")
+          f"{spearmanr(general, count)[0]:+.3f}; median per-user corr(score, g) {agreement:.3f}")
+    print(f"- test target's full-ranking rank: median {np.median(ranks):,.0f}; "
+          + ", ".join(f"< {k}: {np.mean(ranks < k):.3f}" for k in RANK_CUTS))
+    features = getattr(model.item_embedding, "features", None)
+    if features is not None:
+        _neighbours[config["dataset"]] = feature_neighbours(features)
+    if config["dataset"] in _neighbours:
+        near = _neighbours[config["dataset"]][targets]
+        held = np.array([np.isin(t, n).sum() for t, n in zip(top, near)])
+        print(f"- top-{TOP_K} slots held by the target's {NEIGHBOURS} nearest items by archetype-feature "
+              f"cosine: {held.mean() / TOP_K:.2%}; users with at least one: {np.mean(held > 0):.2%}")
+    print()
 
-    variants = [(f"bias × {s:g}", s, 0.0) for s in bias_scales if bias is not None or s == 1.0]
-    variants += [(f"rows / norm^{p:g}", 1.0, p) for p in norm_powers if p]
+    mean_user = torch.as_tensor(users.mean(0))
+    variants = [(f"bias × {s:g}", s, 0.0, 0.0) for s in bias_scales if bias is not None or s == 1.0]
+    variants += [(f"rows / norm^{p:g}", 1.0, p, 0.0) for p in norm_powers if p]
+    variants += [(f"users − {c:g}·mean user", 1.0, 0.0, c) for c in centerings if c]
     print("| split | candidates | variant | " + " | ".join(COLUMNS) + " | long-tail NDCG ratio |")
     print("|---|---|---|" + "--:|" * (len(COLUMNS) + 1))
     for split in splits:
         data = valid_data if split == "valid" else test_data
         for candidates, trainer in (("all items", full), ("100 fixed negatives", sampled)):
             reference = None
-            for name, scale, power in variants:
-                with modified_scores(model, dataset.item_num, scale, power):
+            for name, scale, power, centering in variants:
+                shift = centering * mean_user if centering else None
+                with modified_scores(model, dataset.item_num, scale, power, shift):
                     row = ranking_row(trainer, data, head)
                 reference = reference or row
                 cells = [fmt.format(row[c]) for c, fmt in COLUMNS.items()]
@@ -172,6 +232,9 @@ def main(argv=None) -> None:
     parser.add_argument("checkpoints", nargs="+")
     parser.add_argument("--bias_scales", default="1,0.5,0", help="output-bias factors (BERT4Rec); 1 = as trained")
     parser.add_argument("--norm_powers", default="", help="also divide item rows by ||e||^p, e.g. 1")
+    parser.add_argument("--user_centering", default="",
+                        help="also subtract c × the mean test user vector from every user vector, e.g. 1,0.5 "
+                             "(c = 1 removes the user-independent score g except the bias)")
     parser.add_argument("--splits", default="test")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -179,8 +242,9 @@ def main(argv=None) -> None:
     if 1.0 in scales:
         scales.remove(1.0)
     powers = [float(p) for p in args.norm_powers.split(",") if p]
+    centerings = [float(c) for c in args.user_centering.split(",") if c]
     for model_file in args.checkpoints:
-        describe(model_file, [1.0] + scales, powers, args.splits.split(","))
+        describe(model_file, [1.0] + scales, powers, centerings, args.splits.split(","))
 
 
 if __name__ == "__main__":
