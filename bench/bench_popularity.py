@@ -87,7 +87,7 @@ def modified_scores(model, n_items: int, bias_scale: float = 1.0, norm_power: fl
         gather = model.gather_indexes
 
         def shifted(*args, **kwargs):
-            return gather(*args, **kwargs) - user_shift.to(args[0].dtype)
+            return gather(*args, **kwargs) - user_shift.to(args[0])
         model.gather_indexes = shifted
     bias = getattr(model, "output_bias", None)
     saved_bias = None if bias is None else bias.detach().clone()
