@@ -26,13 +26,15 @@ negatives), the script prints
   items over all top-10 lists, under full ranking and the 100 fixed negatives, on valid and
   test, at each ``--bias_scales`` factor (``1`` = the trained model) and, with
   ``--norm_powers``, with item rows divided by ``||e_i||^p`` (rescaled to the mean norm; the
-  changed table is used everywhere the model reads it, sequence inputs as well as scores);
-  ratios are against the trained model in the same run.
+  changed table is used everywhere the model reads it, sequence inputs as well as scores) and,
+  with ``--user_centering``, with c × the mean test user vector subtracted from every user
+  vector; ratios are against the trained model in the same run.
 
 Run from the project root on checkpoints the experiment runner saved:
 
     python bench/bench_popularity.py bench/out/beauty/saved/GenAIRBERT4Rec-*.pth \\
-        bench/out/beauty/saved/BERT4Rec-*.pth [--bias_scales 1,0.5,0] [--norm_powers 1] [--splits valid,test]
+        bench/out/beauty/saved/BERT4Rec-*.pth [--bias_scales 1,0.5,0] [--norm_powers 1] [--user_centering 1,0.5] \\
+        [--splits valid,test]
 """
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ from scipy.stats import spearmanr
 
 from recbole_genair.data.cooccurrence import training_item_counts
 from recbole_genair.data.dataset import interaction_columns
+from recbole_genair.model.baselines.llmesr import nearest_users
 from recbole_genair.quick_start import load_data_and_model, make_trainer
 from recbole_genair.significance import TOP_K, per_user_metric, popular_items
 
@@ -57,104 +60,103 @@ COLUMNS = {"HR": "{:.4f}", "NDCG": "{:.4f}", "NDCG popular": "{:.4f}", "NDCG lon
 
 
 @contextlib.contextmanager
-def capture_user_vectors(model) -> Iterator[list]:
-    """Collect the sequence representation each ``full_sort_predict`` scores with.
+def patched_gather(model, transform) -> Iterator[None]:
+    """Pass every sequence representation the model scores with through ``transform``.
 
     RecBole's SASRec, GRU4Rec and BERT4Rec all pick the last position's output with
-    ``gather_indexes`` before scoring; the probe wraps it for the duration of the block.
+    ``gather_indexes`` before scoring (``predict`` and ``full_sort_predict`` alike); the
+    block wraps it.
     """
-    captured: list = []
     original = model.gather_indexes
-
-    def probe(*args, **kwargs):
-        out = original(*args, **kwargs)
-        captured.append(out.detach().double().cpu().numpy())
-        return out
-
-    model.gather_indexes = probe
+    model.gather_indexes = lambda *args, **kwargs: transform(original(*args, **kwargs))
     try:
-        yield captured
+        yield
     finally:
         del model.gather_indexes  # back to the class method
 
 
-@contextlib.contextmanager
-def modified_scores(model, n_items: int, bias_scale: float = 1.0, norm_power: float = 0.0,
-                    user_shift: torch.Tensor | None = None) -> Iterator[None]:
-    """Scale the output bias, divide item rows by ``||e_i||^norm_power`` and/or subtract
-    ``user_shift`` from every sequence representation during the block."""
-    if user_shift is not None:
-        gather = model.gather_indexes
+def keep(captured: list):
+    """A ``patched_gather`` transform that records the representations and leaves them as they are."""
+    def record(out):
+        captured.append(out.detach().double().cpu().numpy())
+        return out
+    return record
 
-        def shifted(*args, **kwargs):
-            return gather(*args, **kwargs) - user_shift.to(args[0])
-        model.gather_indexes = shifted
-    bias = getattr(model, "output_bias", None)
-    saved_bias = None if bias is None else bias.detach().clone()
-    table = model.item_embedding
-    compute = getattr(table, "compute_table", None)
-    saved_weight = None
-    if norm_power:
-        if compute is not None:
-            def normalised(original=compute):
-                rows = original().clone()
-                norms = rows[1:n_items].norm(dim=1, keepdim=True)
-                rows[1:n_items] = rows[1:n_items] / norms ** norm_power * norms.mean() ** norm_power
-                return rows
-            table.compute_table = normalised
-            table.train(False)  # drop the cached table
-        else:
-            saved_weight = table.weight.detach().clone()
-            with torch.no_grad():
-                norms = table.weight[1:n_items].norm(dim=1, keepdim=True)
-                table.weight[1:n_items] /= norms ** norm_power / norms.mean() ** norm_power
-    if bias is not None:
-        with torch.no_grad():
-            bias.mul_(bias_scale)
+
+@contextlib.contextmanager
+def scaled_bias(model, scale: float) -> Iterator[None]:
+    """Multiply BERT4Rec's per-item output bias by ``scale`` during the block."""
+    bias = model.output_bias
+    saved = bias.detach().clone()
+    with torch.no_grad():
+        bias.mul_(scale)
     try:
         yield
     finally:
-        if bias is not None:
-            with torch.no_grad():
-                bias.copy_(saved_bias)
-        if compute is not None and norm_power:
+        with torch.no_grad():
+            bias.copy_(saved)
+
+
+@contextlib.contextmanager
+def norm_divided_rows(model, n_items: int, power: float) -> Iterator[None]:
+    """Divide item rows by ``||e_i||^power`` (rescaled to the mean norm) during the block,
+    in the table itself, so sequence inputs and scores both see it."""
+    def divide(rows):
+        norms = rows[1:n_items].norm(dim=1, keepdim=True)
+        rows[1:n_items] = rows[1:n_items] / norms ** power * norms.mean() ** power
+        return rows
+
+    table = model.item_embedding
+    compute = getattr(table, "compute_table", None)
+    if compute is not None:  # a derived table (GenAIR, the baselines): wrap its computation
+        table.compute_table = lambda: divide(compute().clone())
+        table.train(False)  # drop the cached table
+        try:
+            yield
+        finally:
             del table.compute_table
             table.train(False)
-        if saved_weight is not None:
+    else:  # an ID table
+        saved = table.weight.detach().clone()
+        with torch.no_grad():
+            divide(table.weight)
+        try:
+            yield
+        finally:
             with torch.no_grad():
-                table.weight.copy_(saved_weight)
-        if user_shift is not None:
-            del model.gather_indexes
+                table.weight.copy_(saved)
 
 
-_neighbours: dict[str, np.ndarray] = {}  # data set → [n_items, NEIGHBOURS], from the first GenAIR checkpoint
-
-
-def cosine_blocks(x: torch.Tensor, block: int = 2048) -> Iterator[torch.Tensor]:
-    """Row blocks of the cosine-similarity matrix of ``x``'s rows, each row's own entry set to -2."""
-    x = torch.nn.functional.normalize(x.detach().float(), dim=1)
-    for start in range(0, len(x), block):
-        sim = x[start:start + block] @ x.T
-        sim[torch.arange(len(sim)), torch.arange(start, start + len(sim))] = -2.0
-        yield sim
+def variant_scores(model, n_items: int, bias_scale: float, norm_power: float,
+                   user_shift: torch.Tensor | None) -> contextlib.ExitStack:
+    """All of one variant's modifications, undone together when the block ends."""
+    stack = contextlib.ExitStack()
+    if bias_scale != 1.0:
+        stack.enter_context(scaled_bias(model, bias_scale))
+    if norm_power:
+        stack.enter_context(norm_divided_rows(model, n_items, norm_power))
+    if user_shift is not None:
+        stack.enter_context(patched_gather(model, lambda out: out - user_shift.to(out)))
+    return stack
 
 
 def feature_neighbours(features: torch.Tensor) -> np.ndarray:
     """Each item's ``NEIGHBOURS`` nearest other items (never padding) by archetype-feature cosine."""
-    blocks = []
-    for sim in cosine_blocks(features):
-        sim[:, 0] = -2.0
-        blocks.append(sim.topk(NEIGHBOURS, dim=1).indices)
-    return torch.cat(blocks).numpy()
+    items = torch.ones(len(features), dtype=torch.bool)
+    items[0] = False
+    return nearest_users(features.detach().float(), items, NEIGHBOURS).numpy()
 
 
 def nearest_row_cosine(rows: np.ndarray) -> np.ndarray:
     """Each row's largest cosine with any other row."""
-    return torch.cat([sim.max(1).values for sim in cosine_blocks(torch.as_tensor(rows))]).numpy()
+    x = torch.nn.functional.normalize(torch.as_tensor(rows, dtype=torch.float32), dim=1)
+    nearest = nearest_users(x, torch.ones(len(x), dtype=torch.bool), 1)[:, 0]
+    return (x * x[nearest]).sum(1).numpy()
 
 
-def ranking_row(trainer, data, head: np.ndarray) -> dict:
-    users, items, ranks, top = trainer.user_ranks(data, top_k=TOP_K)
+def ranking_row(ranked: tuple, head: np.ndarray) -> dict:
+    """The table's columns from one ``user_ranks(..., top_k=TOP_K)`` result."""
+    _users, items, ranks, top = ranked
     hit, ndcg = per_user_metric(ranks, f"hit@{TOP_K}"), per_user_metric(ranks, f"ndcg@{TOP_K}")
     popular = head[items]
     return {"HR": hit.mean(), "NDCG": ndcg.mean(), "NDCG popular": ndcg[popular].mean(),
@@ -163,7 +165,9 @@ def ranking_row(trainer, data, head: np.ndarray) -> dict:
 
 
 def describe(model_file: str, bias_scales: list[float], norm_powers: list[float], centerings: list[float],
-             splits: list[str]) -> None:
+             splits: list[str], neighbours: dict[str, np.ndarray]) -> None:
+    """Print one checkpoint's lines and table; ``neighbours`` (data set → each item's nearest
+    items by feature cosine) is filled by the first GenAIR checkpoint and read by the rest."""
     config, model, dataset, _train, valid_data, test_data = load_data_and_model(model_file)
     model.eval()
     counts = np.asarray(training_item_counts(*interaction_columns(dataset), n_items=dataset.item_num), float)
@@ -173,8 +177,10 @@ def describe(model_file: str, bias_scales: list[float], norm_powers: list[float]
     sampled = make_trainer(config, model, dataset)  # the checkpoint's fixed negatives
     full = make_trainer(config, model, dataset)
     full.set_negatives(None)
-    with capture_user_vectors(model) as captured:
-        _users, targets, ranks, top = full.user_ranks(test_data, top_k=TOP_K)
+    captured: list = []
+    with patched_gather(model, keep(captured)):
+        test_full = full.user_ranks(test_data, top_k=TOP_K)  # also the as-trained test row below
+    _users, targets, ranks, top = test_full
     users = np.concatenate(captured)
     with torch.no_grad():
         rows = model.item_embedding.weight[1:dataset.item_num].double().cpu().numpy()
@@ -199,9 +205,9 @@ def describe(model_file: str, bias_scales: list[float], norm_powers: list[float]
           + ", ".join(f"< {k}: {np.mean(ranks < k):.3f}" for k in RANK_CUTS))
     features = getattr(model.item_embedding, "features", None)
     if features is not None:
-        _neighbours[config["dataset"]] = feature_neighbours(features)
-    if config["dataset"] in _neighbours:
-        near = _neighbours[config["dataset"]][targets]
+        neighbours[config["dataset"]] = feature_neighbours(features)
+    if config["dataset"] in neighbours:
+        near = neighbours[config["dataset"]][targets]
         held = np.array([np.isin(t, n).sum() for t, n in zip(top, near)])
         print(f"- top-{TOP_K} slots held by the target's {NEIGHBOURS} nearest items by archetype-feature "
               f"cosine: {held.mean() / TOP_K:.2%}; users with at least one: {np.mean(held > 0):.2%}")
@@ -218,9 +224,13 @@ def describe(model_file: str, bias_scales: list[float], norm_powers: list[float]
         for candidates, trainer in (("all items", full), ("100 fixed negatives", sampled)):
             reference = None
             for name, scale, power, centering in variants:
-                shift = centering * mean_user if centering else None
-                with modified_scores(model, dataset.item_num, scale, power, shift):
-                    row = ranking_row(trainer, data, head)
+                if split == "test" and trainer is full and (scale, power, centering) == (1.0, 0.0, 0.0):
+                    ranked = test_full
+                else:
+                    shift = centering * mean_user if centering else None
+                    with variant_scores(model, dataset.item_num, scale, power, shift):
+                        ranked = trainer.user_ranks(data, top_k=TOP_K)
+                row = ranking_row(ranked, head)
                 reference = reference or row
                 cells = [fmt.format(row[c]) for c, fmt in COLUMNS.items()]
                 ratio = row["NDCG long-tail"] / reference["NDCG long-tail"] if reference["NDCG long-tail"] else float("nan")
@@ -243,8 +253,9 @@ def main(argv=None) -> None:
         scales.remove(1.0)
     powers = [float(p) for p in args.norm_powers.split(",") if p]
     centerings = [float(c) for c in args.user_centering.split(",") if c]
+    neighbours: dict[str, np.ndarray] = {}
     for model_file in args.checkpoints:
-        describe(model_file, [1.0] + scales, powers, centerings, args.splits.split(","))
+        describe(model_file, [1.0] + scales, powers, centerings, args.splits.split(","), neighbours)
 
 
 if __name__ == "__main__":
