@@ -170,3 +170,22 @@ def test_bpr_step_projects_only_looked_up_rows_with_the_same_loss_and_gradients(
     full = original()
     torch.testing.assert_close(rows[0], full[ids[0]])
     assert torch.all(rows[0, 0] == 0)
+
+
+@pytest.mark.parametrize("backbone", ["SASRec", "BERT4Rec"])
+def test_item_table_norm_l2_gives_unit_item_rows_on_both_paths(backbone, fast_config):
+    _, (train, _, _), model, _ = _prepare(fast_config, backbone, item_table_norm="l2")
+    table = model.item_embedding
+    full = table.project()
+    norms = full[1:table.num_items].norm(dim=-1)
+    torch.testing.assert_close(norms, torch.ones_like(norms))
+    assert torch.all(full[0] == 0)  # padding stays zero
+    if table.extra is not None:  # BERT4Rec's mask token is a free trainable row
+        torch.testing.assert_close(full[table.num_items:], table.extra)
+    ids = torch.tensor([[0, 3, 1, 3]])
+    with table.step(sparse=True):
+        torch.testing.assert_close(table(ids), full[ids])
+    _, _, default, _ = _prepare(fast_config, backbone)
+    assert default.item_embedding.project()[1:].norm(dim=-1).std() > 1e-3  # off by default
+    with pytest.raises(ValueError, match="item_table_norm must be one of none, l2"):
+        _prepare(fast_config, backbone, item_table_norm="layer")

@@ -37,7 +37,8 @@ class GenAIRMixin(FeatureModelMixin):
             features, original.embedding_dim, n_extra=original.num_embeddings - self.n_items,
             layers=int(config["projector_layers"]),
             width=int(width * original.embedding_dim) if width else None,
-            dropout=float(config["projector_dropout"] or 0.0))
+            dropout=float(config["projector_dropout"] or 0.0),
+            unit_rows=self.unit_item_rows(config))
         self.calibration_alpha = float(config["calibration_alpha"] or 0.0)
         self.calibration = None
         if self.calibration_alpha > 0:
@@ -45,6 +46,13 @@ class GenAIRMixin(FeatureModelMixin):
                                               gamma=float(config["calibration_gamma"]))
             self.calibration = CalibrationLoss(weights, t=float(config["calibration_t"]),
                                                variant=str(config["calibration_variant"]))
+
+    @staticmethod
+    def unit_item_rows(config) -> bool:
+        norm = str(config["item_table_norm"] or "none")
+        if norm not in ("none", "l2"):
+            raise ValueError(f"item_table_norm must be one of none, l2; got {norm!r}")
+        return norm == "l2"
 
     def auxiliary_loss(self, interaction):
         """``α·L_cal`` on the batch's distinct target items (inside the training step's table)."""

@@ -8,6 +8,8 @@ their own ``forward``/``calculate_loss``/``predict``/``full_sort_predict`` uncha
 
 * Row 0 (padding) is always the zero vector; ``n_extra`` trainable rows follow the items
   (BERT4Rec's mask token).
+* ``unit_rows`` (not in the paper; ``item_table_norm: l2``): each projected item row is
+  scaled to length 1, so an item's score can no longer grow with its row's norm.
 * Training: within :meth:`step` the table is projected once and shared by every use in
   that step (sequence inputs and output scoring).  A *sparse* step (sampled ranking losses
   such as BPR, which score only the batch's positives and negatives) projects only the rows
@@ -22,6 +24,7 @@ import contextlib
 from typing import Iterator, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -120,7 +123,7 @@ class ArchetypeItemEmbedding(CachedTable):
     """Frozen features → MLP projector, used like ``nn.Embedding``."""
 
     def __init__(self, features: torch.Tensor, embedding_dim: int, n_extra: int = 0, layers: int = 2,
-                 width: Optional[int] = None, dropout: float = 0.0):
+                 width: Optional[int] = None, dropout: float = 0.0, unit_rows: bool = False):
         super().__init__()
         if features.dim() != 2:
             raise ValueError(f"features must be [n_items, d], got {tuple(features.shape)}")
@@ -131,6 +134,7 @@ class ArchetypeItemEmbedding(CachedTable):
         # persisted, so a checkpoint refuses to load against different features
         self.register_buffer("feature_fingerprint", self._fingerprint(self.features))
         self.projector = make_projector(features.shape[1], embedding_dim, layers, width, dropout)
+        self.unit_rows = bool(unit_rows)
         self.extra = nn.Parameter(torch.randn(n_extra, embedding_dim) * 0.02) if n_extra else None
         row_mask = torch.ones(self.num_items, 1)
         row_mask[0] = 0.0
@@ -147,18 +151,22 @@ class ArchetypeItemEmbedding(CachedTable):
 
     def project(self) -> torch.Tensor:
         """The whole table, computed now: ``[num_items + n_extra, embedding_dim]``."""
-        table = self.projector(self.features) * self.row_mask
+        table = self._project(self.features) * self.row_mask
         if self.extra is not None:
             table = torch.cat([table, self.extra], dim=0)
         return table
 
     compute_table = project
 
+    def _project(self, features: torch.Tensor) -> torch.Tensor:
+        rows = self.projector(features)
+        return F.normalize(rows, dim=-1) if self.unit_rows else rows
+
     def compute_rows(self, ids: torch.Tensor) -> torch.Tensor:
         """Rows ``ids`` of :meth:`project`, projecting each distinct id once."""
         unique, inverse = torch.unique(ids.reshape(-1), return_inverse=True)
         item = unique.clamp(max=self.num_items - 1)
-        rows = self.projector(self.features[item]) * self.row_mask[item]
+        rows = self._project(self.features[item]) * self.row_mask[item]
         if self.extra is not None:
             is_extra = (unique >= self.num_items).unsqueeze(-1)
             rows = torch.where(is_extra, self.extra[(unique - self.num_items).clamp(min=0)], rows)
