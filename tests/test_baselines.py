@@ -371,6 +371,44 @@ def test_llmesr_scores_use_both_views_and_distillation_targets_the_neighbours(ma
     assert emb.collaborative.weight.grad is not None and emb.collaborative.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("backbone", ["SASRec", "BERT4Rec"])
+def test_llmesr_distils_each_users_latest_training_input_by_default(make_model, backbone):
+    """``latest`` (the reference: once per user and epoch) distils only the samples whose input
+    is the user's latest training input; ``all_prefixes`` distils every RecBole prefix."""
+    latest, train, _ = make_model("llmesr", backbone, llmesr_neighbors=3)
+    every, _, _ = make_model("llmesr", backbone, llmesr_neighbors=3, llmesr_distill_on="all_prefixes")
+    every.load_state_dict(latest.state_dict())
+    feat = train._dataset.inter_feat
+    users = torch.as_tensor(feat[latest.USER_ID])
+    seqs, lens = torch.as_tensor(feat[latest.ITEM_SEQ]), torch.as_tensor(feat[latest.ITEM_SEQ_LEN])
+    # the latest training input of a user: the sample with the largest target position, i.e. the
+    # last row of the user in RecBole's time-ordered training samples
+    last_row = {}
+    for row, uid in enumerate(users.tolist()):
+        last_row[uid] = row
+    picked_latest = [last_row[u] for u in sorted(last_row)[:6]]
+    picked_other = [r for r in range(len(users)) if r not in set(last_row.values())][:10]
+    batch = feat[torch.tensor(picked_latest + picked_other)]
+    for model in (latest, every):
+        model.eval()  # no dropout: the comparison is exact
+    assert latest.latest_inputs(batch).tolist() == list(range(6))
+    with torch.no_grad():
+        student = latest.sequence_representation(batch[latest.ITEM_SEQ], batch[latest.ITEM_SEQ_LEN])
+        guide = latest.neighbour_guide(batch[latest.USER_ID])
+        expected_latest = 0.1 * ((student[:6] - guide[:6]) ** 2).mean()
+        expected_every = 0.1 * ((student - guide) ** 2).mean()
+        assert torch.allclose(latest.auxiliary_loss(batch), expected_latest, rtol=1e-5)
+        assert torch.allclose(every.auxiliary_loss(batch), expected_every, rtol=1e-5)
+        assert not torch.allclose(expected_latest, expected_every, rtol=1e-3)
+    # a batch without any latest input: an exact zero that still back-propagates
+    latest.train()
+    zero = latest.auxiliary_loss(feat[torch.tensor(picked_other)])
+    assert zero.item() == 0.0 and zero.requires_grad
+    zero.backward()
+    with pytest.raises(ValueError, match="llmesr_distill_on must be one of latest, all_prefixes"):
+        make_model("llmesr", backbone, llmesr_neighbors=3, llmesr_distill_on="every")
+
+
 # --- LLMEmb ---------------------------------------------------------------------------------
 
 def test_llmemb_item_table_is_the_adapter_and_the_co_trained_id_model_is_a_stop_gradient_teacher(make_model):

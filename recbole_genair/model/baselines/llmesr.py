@@ -33,10 +33,15 @@ Simplifications (documented):
 
 * the LLM *user* representation is the mean of the prefill embeddings of the user's
   training items (the paper embeds a prompt of the user's history with the LLM);
-* the neighbour's sequence is their latest training input (as in the reference code); the
-  student ``u`` is the representation of the training sample's own input sequence (RecBole
-  trains on every prefix, the reference on each user's full sequence); for BERT4Rec both
-  are read at an appended mask token, as RecBole's BERT4Rec predicts;
+* the neighbour's sequence is their latest training input (as in the reference code).  The
+  reference trains on each user's full sequence, so it distils once per user and epoch;
+  RecBole trains on every prefix (Amazon_Beauty: 5.9 samples per user).  By default
+  (``llmesr_distill_on: latest``) only the samples whose input *is* the user's latest
+  training input are distilled, as in the reference: the recommendation loss still sees
+  every prefix, and the neighbour encodings per epoch are the reference's ``users × N``,
+  not ``samples × N``.  ``all_prefixes`` distils every sample (the student ``u`` is then
+  each prefix's representation).  For BERT4Rec both are read at an appended mask token,
+  as RecBole's BERT4Rec predicts;
 * cross-attention acts on the item embeddings, before the backbone adds positions
   (the reference SASRec applies it after its scaling, position and dropout step);
 * the reference's optional item-level contrastive regulariser (``--item_reg``, off in the
@@ -59,6 +64,9 @@ from torch import nn
 from recbole_genair.model.baselines.common import (BaselineMixin, adapted_llm_table, define_models,
                                                    pca_item_table)
 from recbole_genair.model.layers import CachedTable
+
+
+DISTILL_ON = ("latest", "all_prefixes")
 
 
 class CrossAttention(nn.Module):
@@ -197,6 +205,10 @@ class LLMESRMixin(BaselineMixin):
         self.item_embedding = DualViewEmbedding(collaborative, adapted_llm_table(features, collaborative),
                                                 bool(config["llmesr_cross_attention"]), int(config["llmesr_heads"]))
         self.distill_weight = float(config["llmesr_alpha"] or 0.0)
+        distill_on = config["llmesr_distill_on"]
+        if distill_on not in DISTILL_ON:
+            raise ValueError(f"llmesr_distill_on must be one of {', '.join(DISTILL_ON)}, not {distill_on!r}")
+        self.distill_latest_only = distill_on == "latest"
         seqs, lens = training_histories(dataset, self.ITEM_SEQ, self.ITEM_SEQ_LEN)
         self.register_buffer("history", seqs, persistent=False)
         self.register_buffer("history_len", lens, persistent=False)
@@ -222,13 +234,24 @@ class LLMESRMixin(BaselineMixin):
             return self.gather_indexes(self.forward(masked), item_seq_len - 1)
         return self.forward(item_seq, item_seq_len)
 
-    def student_representation(self, interaction) -> torch.Tensor:
-        """The batch's ``u``; SASRec/GRU4Rec reuse the encoding their loss has just computed."""
+    def student_representation(self, interaction, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The batch's ``u`` (of ``rows`` only, when given); SASRec/GRU4Rec reuse the encoding
+        their loss has just computed."""
         item_seq = interaction[self.ITEM_SEQ]
         last, self._last_forward = self._last_forward, None
         if last is not None and last[0] is item_seq:
-            return last[1]
-        return self.sequence_representation(item_seq, interaction[self.ITEM_SEQ_LEN])
+            return last[1] if rows is None else last[1][rows]
+        item_seq_len = interaction[self.ITEM_SEQ_LEN]
+        if rows is not None:
+            item_seq, item_seq_len = item_seq[rows], item_seq_len[rows]
+        return self.sequence_representation(item_seq, item_seq_len)
+
+    def latest_inputs(self, interaction) -> torch.Tensor:
+        """Indices of the batch samples whose input is their user's latest training input."""
+        users = interaction[self.USER_ID]
+        same = (interaction[self.ITEM_SEQ] == self.history[users]).all(dim=1)
+        same &= interaction[self.ITEM_SEQ_LEN] == self.history_len[users]
+        return same.nonzero().squeeze(1)
 
     @torch.no_grad()
     def neighbour_guide(self, users: torch.Tensor) -> torch.Tensor:
@@ -238,9 +261,18 @@ class LLMESRMixin(BaselineMixin):
         return encoded[inverse].mean(dim=1)
 
     def distillation_loss(self, interaction) -> torch.Tensor:
-        """``||u - sg(ū)||²`` (mean squared error, the reference's ``kd``)."""
-        student = self.student_representation(interaction)
-        guide = self.neighbour_guide(interaction[self.USER_ID])
+        """``||u - sg(ū)||²`` (mean squared error, the reference's ``kd``) over the distilled samples.
+
+        A batch without any sample to distil (``latest``: none is a user's latest input)
+        contributes an exact zero that still belongs to the graph.
+        """
+        users = interaction[self.USER_ID]
+        rows = self.latest_inputs(interaction) if self.distill_latest_only else None
+        if rows is not None and rows.numel() == 0:
+            self._last_forward = None
+            return self.item_embedding.collaborative.weight.sum() * 0.0
+        student = self.student_representation(interaction, rows)
+        guide = self.neighbour_guide(users if rows is None else users[rows])
         self._last_forward = None  # the guide's encodings are not a batch's
         return F.mse_loss(student, guide)
 
