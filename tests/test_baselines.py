@@ -380,14 +380,14 @@ def test_llmesr_distils_each_users_latest_training_input_by_default(make_model, 
     every.load_state_dict(latest.state_dict())
     feat = train._dataset.inter_feat
     users = torch.as_tensor(feat[latest.USER_ID])
-    seqs, lens = torch.as_tensor(feat[latest.ITEM_SEQ]), torch.as_tensor(feat[latest.ITEM_SEQ_LEN])
     # the latest training input of a user: the sample with the largest target position, i.e. the
     # last row of the user in RecBole's time-ordered training samples
     last_row = {}
     for row, uid in enumerate(users.tolist()):
         last_row[uid] = row
     picked_latest = [last_row[u] for u in sorted(last_row)[:6]]
-    picked_other = [r for r in range(len(users)) if r not in set(last_row.values())][:10]
+    latest_rows = set(last_row.values())
+    picked_other = [r for r in range(len(users)) if r not in latest_rows][:10]
     batch = feat[torch.tensor(picked_latest + picked_other)]
     for model in (latest, every):
         model.eval()  # no dropout: the comparison is exact

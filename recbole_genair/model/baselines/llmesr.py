@@ -248,10 +248,8 @@ class LLMESRMixin(BaselineMixin):
 
     def latest_inputs(self, interaction) -> torch.Tensor:
         """Indices of the batch samples whose input is their user's latest training input."""
-        users = interaction[self.USER_ID]
-        same = (interaction[self.ITEM_SEQ] == self.history[users]).all(dim=1)
-        same &= interaction[self.ITEM_SEQ_LEN] == self.history_len[users]
-        return same.nonzero().squeeze(1)
+        same = (interaction[self.ITEM_SEQ] == self.history[interaction[self.USER_ID]]).all(dim=1)
+        return same.nonzero().squeeze(1)  # equal padded sequences have equal lengths (item ids > 0)
 
     @torch.no_grad()
     def neighbour_guide(self, users: torch.Tensor) -> torch.Tensor:
