@@ -25,13 +25,11 @@ import argparse
 import datetime
 import logging
 import statistics
-import time
 import warnings
-from typing import Dict, List
 
 import torch
 
-from bench_model_cost import build, train_step
+from bench_model_cost import build, timed_rounds, train_step
 
 
 def bench_backbone(backbone: str, args, extra: dict) -> dict:
@@ -60,15 +58,8 @@ def bench_backbone(backbone: str, args, extra: dict) -> dict:
         m.train()
         for b in batches[:args.warmup]:
             train_step(m, opts[k], b)
-    names = list(models)
-    times: Dict[str, List[float]] = {k: [] for k in names}
-    timed = batches[args.warmup:]
-    per_round = max(1, len(timed) // args.rounds)
-    for r in range(args.rounds):
-        chunk = timed[r * per_round:(r + 1) * per_round]
-        for k in names[r % len(names):] + names[:r % len(names)]:
-            for b in chunk:
-                times[k].append(train_step(models[k], opts[k], b))
+    times = timed_rounds(lambda k, b: train_step(models[k], opts[k], b), list(models),
+                         batches[args.warmup:], args.rounds)
     steps = {k: statistics.median(v) for k, v in times.items()}
     print(f"  {backbone}: " + ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in steps.items())
           + f"; latest distils {100 * share:.1f} % of samples", flush=True)

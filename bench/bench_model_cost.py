@@ -55,7 +55,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 import numpy as np
 import torch
@@ -111,6 +111,23 @@ def med(xs: List[float]) -> float:
     return statistics.median(xs)
 
 
+def timed_rounds(step: Callable[[str, object], float], names: List[str], batches: list,
+                 rounds: int) -> Dict[str, List[float]]:
+    """``step(name, batch)`` for every variant on the same batches, interleaved against drift.
+
+    The batches are split into ``rounds`` equal chunks; each round runs every variant over
+    its chunk, in an order rotated by one per round.  Returns each variant's step times.
+    """
+    per_round = max(1, len(batches) // rounds)
+    times: Dict[str, List[float]] = {k: [] for k in names}
+    for r in range(rounds):
+        chunk = batches[r * per_round:(r + 1) * per_round] or batches[:per_round]
+        for k in names[r % len(names):] + names[:r % len(names)]:
+            for b in chunk:
+                times[k].append(step(k, b))
+    return times
+
+
 def bench_backbone(backbone: str, args, extra: dict, genair_extra: dict) -> dict:
     t0 = time.perf_counter()
     cfg_b, data_b, train_b, valid_b, base = build(backbone, args.dataset, "base", extra)
@@ -148,23 +165,13 @@ def bench_backbone(backbone: str, args, extra: dict, genair_extra: dict) -> dict
     for k, m in models.items():                           # warm-up
         for b in batches[:args.warmup]:
             train_step(m, opts[k], b)
-    step_t: Dict[str, List[float]] = {k: [] for k in models}
-    step_t["projector"] = []
-    names = list(models) + ["projector"]
-    per_round = max(1, args.steps // args.rounds)
-    timed = batches[args.warmup:]
-    cursor = 0
-    for r in range(args.rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
-        chunk = [timed[(cursor + s) % len(timed)] for s in range(per_round)]
-        cursor += per_round
-        for k in order:
-            for b in chunk:
-                if k == "projector":
-                    genair.zero_grad(set_to_none=True)
-                    step_t[k].append(projector_step(genair.item_embedding))
-                else:
-                    step_t[k].append(train_step(models[k], opts[k], b))
+    def step(k: str, b) -> float:
+        if k == "projector":
+            genair.zero_grad(set_to_none=True)
+            return projector_step(genair.item_embedding)
+        return train_step(models[k], opts[k], b)
+
+    step_t = timed_rounds(step, list(models) + ["projector"], batches[args.warmup:], args.rounds)
     genair.zero_grad(set_to_none=True)
 
     # --- inference ---
