@@ -15,8 +15,12 @@ Resuming: each finished cell is appended (flushed and fsync'ed) as one JSON line
 ``DIR/results.jsonl`` keyed by (dataset, model, method, seed, config hash); the hash covers
 the contents of ``--config_files`` and the ``--key=value`` settings (not the seed and not
 settings that cannot change results: logging, progress bars, threads, checkpoint folder).
-Re-running the same command skips finished cells; a failed cell is reported and retried
-next time.  ``--report`` runs nothing: it writes the tables from the cells finished so far (by
+Each record also keeps the cell's *resolved* settings — every key of the final
+configuration, package YAML defaults included, and the SHA-1 of the data files it read
+(``.inter``, and the archetype feature file for methods that use one).  Re-running the same
+command skips finished cells whose resolved settings are unchanged; a cell finished under
+other settings (a package default changed on upgrade, features regenerated) is re-run, and
+the keys that differ are printed.  A failed cell is reported and retried next time.  ``--report`` runs nothing: it writes the tables from the cells finished so far (by
 this or other processes sharing ``DIR``) and lists the missing ones.
 
 ``--full_ranking`` also writes ``table2_full.md`` / ``table2_full.csv``: every finished cell's
@@ -35,6 +39,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import functools
 import hashlib
 import json
 import math
@@ -59,6 +64,12 @@ FULL_RANKING_FILE = "full_ranking.jsonl"
 # Settings that cannot change a run's numbers; left out of the config hash.
 NON_RESULT_KEYS = frozenset({"seed", "show_progress", "state", "checkpoint_dir", "torch_threads",
                              "log_wandb", "wandb_project"})
+# Settings that say where or with what a run went, never what it computed (machine paths,
+# devices, distributed set-up, evaluation batch size, log rounding); data files enter the
+# resolved settings by content instead of by path.
+LOCATION_KEYS = frozenset({"data_path", "archetype_feature_file", "config_files", "device", "gpu_id", "use_gpu",
+                           "local_rank", "single_spec", "nproc", "world_size", "offset", "ip", "port", "worker",
+                           "eval_batch_size", "loss_decimal_place"})
 # Options of this module's command line; every other --key=value is a RecBole setting.
 # Training bookkeeping of quick_start.run kept in each record; runs.csv shows all but the curve.
 TRAINING_COLUMNS = ("epochs_run", "best_epoch", "median_epoch_seconds")
@@ -119,6 +130,49 @@ def config_hash(config_file_list: Optional[Sequence[str]], overrides: dict) -> s
     settings = {k: v for k, v in overrides.items() if k not in NON_RESULT_KEYS}
     blob = json.dumps({"files": files, "settings": settings}, sort_keys=True, default=repr)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha1(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def data_files(config) -> list[Path]:
+    """The data files a cell's numbers depend on: the interactions, and the archetype
+    features for the methods that read them."""
+    from recbole_genair.data.dataset import default_feature_file
+    files = [Path(config["data_path"]) / f"{config['dataset']}.inter"]
+    if "genair_features" in config:
+        files.append(Path(config["archetype_feature_file"] or default_feature_file(config)))
+    return files
+
+
+def resolved_settings(config) -> dict:
+    """``{key: repr(value)}`` of a cell's final configuration (every YAML layer resolved),
+    without :data:`NON_RESULT_KEYS` and :data:`LOCATION_KEYS`, plus ``data:<file name>`` →
+    SHA-1 of each of :func:`data_files` (``missing`` if absent)."""
+    skip = NON_RESULT_KEYS | LOCATION_KEYS
+    settings = {k: repr(v) for k, v in config.final_config_dict.items() if k not in skip}
+    for path in data_files(config):
+        stat = path.stat() if path.is_file() else None
+        settings[f"data:{path.name}"] = _file_sha1(str(path), stat.st_size, stat.st_mtime_ns) if stat else "missing"
+    return settings
+
+
+def cell_settings(dataset: str, model: str, method: str, config_file_list, overrides: dict) -> dict:
+    """:func:`resolved_settings` of one (backbone, method) cell, as the runner would configure it."""
+    with isolated_argv():
+        return resolved_settings(build_config(model, dataset, method, config_file_list, dict(overrides)))
+
+
+def settings_changes(old: dict, new: dict) -> list[str]:
+    """``key: old → new`` for every resolved setting that differs (``–`` where absent)."""
+    return [f"{k}: {old.get(k, '–')} → {new.get(k, '–')}"
+            for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
 
 def cell_key(record: dict) -> tuple:
@@ -204,6 +258,26 @@ def run_experiments(dataset: str, models: Sequence[str] = BACKBONES, methods: Op
 
     done = store.load()
     cells = [(model, method, seed) for seed in seed_list for model in models for method in methods]
+    resolved = {(model, method): cell_settings(dataset, model, method, files, overrides)
+                for model in models for method in methods}
+    stale, unverified = {}, 0
+    for model, method, seed in cells:
+        record = done.get((dataset, model, method, seed, digest))
+        if record is None:
+            continue
+        if "settings" not in record:
+            unverified += 1
+            continue
+        changes = settings_changes(record["settings"], resolved[(model, method)])
+        if changes:
+            stale[(model, method, seed)] = changes
+            del done[(dataset, model, method, seed, digest)]
+            _say(f"{model} / {method} / seed {seed} finished under other settings ("
+                 + "; ".join(changes[:4]) + (f"; +{len(changes) - 4} more" if len(changes) > 4 else "")
+                 + ("): listed as not run" if report_only else "): running it again"))
+    if unverified:
+        _say(f"note: {unverified} finished cell(s) were recorded before resolved settings were kept; "
+             "they count as done without a check of package defaults and data files")
     todo = [c for c in cells if (dataset, c[0], c[1], c[2], digest) not in done]
     _say(f"{dataset}: {len(cells)} cell(s) ({len(models)} backbone(s) x {len(methods)} method(s) x "
          f"{seeds} seed(s) {seed_list}), config hash {digest}; {len(cells) - len(todo)} done, "
@@ -211,7 +285,9 @@ def run_experiments(dataset: str, models: Sequence[str] = BACKBONES, methods: Op
 
     outcome = Outcome(records=[])
     if report_only:
-        outcome.missing = [{"model": m, "method": meth, "seed": s} for m, meth, s in todo]
+        outcome.missing = [{"model": m, "method": meth, "seed": s,
+                            **({"reason": "finished under other settings"} if (m, meth, s) in stale else {})}
+                           for m, meth, s in todo]
         todo = []
     for index, (model, method, seed) in enumerate(todo, 1):
         _say(f"[{index}/{len(todo)}] {model} / {method} / seed {seed} ...")
@@ -227,7 +303,7 @@ def run_experiments(dataset: str, models: Sequence[str] = BACKBONES, methods: Op
             continue
         record = {"dataset": dataset, "model": model, "method": method, "seed": seed,
                   "config_hash": digest, "overrides": settings,
-                  "config_files": files or [],
+                  "config_files": files or [], "settings": resolved[(model, method)],
                   "test_result": {k: float(v) for k, v in result["test_result"].items()},
                   "best_valid_result": {k: float(v) for k, v in result["best_valid_result"].items()},
                   "best_valid_score": float(result["best_valid_score"]),
@@ -412,7 +488,8 @@ def render_markdown(rows: list[dict], methods: Sequence[str], metrics: Sequence[
         lines += [f"- {f['model']} / {f['method']} / seed {f['seed']}: {f['error']}" for f in failures]
     if missing:
         lines += ["", "Not run yet (shown as –; the command without --report runs them):", ""]
-        lines += [f"- {m['model']} / {m['method']} / seed {m['seed']}" for m in missing]
+        lines += [f"- {m['model']} / {m['method']} / seed {m['seed']}" + (f" ({m['reason']})" if m.get("reason") else "")
+                  for m in missing]
     return "\n".join(lines) + "\n"
 
 

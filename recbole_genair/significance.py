@@ -122,19 +122,18 @@ class Evaluated:
 
 TOP_K = 10
 
-# Config keys that say where a run went or name the model, not what was trained; together
-# with the experiment runner's NON_RESULT_KEYS (except the seed) they never label a model.
-INCIDENTAL_KEYS = frozenset({
-    "data_path", "device", "gpu_id", "local_rank", "single_spec", "nproc", "world_size",
-    "offset", "ip", "port", "worker", "eval_batch_size", "shuffle", "benchmark_filename", "config_files",
-    "model", "MODEL_TYPE", "MODEL_INPUT_TYPE", "backbone", "method"})
+# Config keys that name the model or do not change it; together with the experiment runner's
+# LOCATION_KEYS (except the feature file, which tells feature sets apart) and NON_RESULT_KEYS
+# (except the seed) they never label a model.
+INCIDENTAL_KEYS = frozenset({"shuffle", "benchmark_filename", "model", "MODEL_TYPE", "MODEL_INPUT_TYPE",
+                             "backbone", "method"})
 MAX_LABEL_KEYS = 4
 
 
 def model_settings(config) -> dict:
     """A checkpoint's configuration as ``{key: repr(value)}`` (what labels are told apart by)."""
-    from recbole_genair.experiments import NON_RESULT_KEYS
-    skip = INCIDENTAL_KEYS | (NON_RESULT_KEYS - {"seed"})
+    from recbole_genair.experiments import LOCATION_KEYS, NON_RESULT_KEYS
+    skip = INCIDENTAL_KEYS | (LOCATION_KEYS - {"archetype_feature_file"}) | (NON_RESULT_KEYS - {"seed"})
     return {k: repr(v) for k, v in config.final_config_dict.items() if k not in skip}
 
 

@@ -37,8 +37,25 @@ class FakeRun:
                 "saved_model_file": "x.pth", "protocol": "100 fixed sampled negatives per user"}
 
 
+class FakeSettings:
+    """Stand-in for ``cell_settings`` ('toy' has no YAML): a resolved setting per (model, method)."""
+
+    def __init__(self):
+        self.value = {}
+
+    def __call__(self, dataset, model, method, config_file_list, overrides):
+        return {"learning_rate": self.value.get((model, method), "0.001"), "data:toy.inter": "abc"}
+
+
 @pytest.fixture()
-def fake(monkeypatch):
+def fake_settings(monkeypatch):
+    settings = FakeSettings()
+    monkeypatch.setattr(experiments, "cell_settings", settings)
+    return settings
+
+
+@pytest.fixture()
+def fake(monkeypatch, fake_settings):
     fake_run = FakeRun()
     monkeypatch.setattr(experiments, "run", fake_run)
     monkeypatch.setattr(experiments, "model_class", lambda model, method: None)  # 'llminit' is fake
@@ -110,7 +127,61 @@ def test_second_invocation_reruns_nothing_and_new_cells_only(fake, tmp_path):
     assert len(lines) == 27 and len({json.loads(line)["config_hash"] for line in lines}) == 2
 
 
-def test_failed_cell_is_reported_not_stored_and_retried(monkeypatch, tmp_path):
+def test_cell_finished_under_other_resolved_settings_runs_again_and_says_why(fake, fake_settings, tmp_path, capsys):
+    grid(tmp_path, methods=["base", "genair"], seeds=2)
+    assert len(fake.calls) == 8
+    records = ResultStore(tmp_path / "results.jsonl").load().values()
+    assert all(r["settings"] == {"learning_rate": "0.001", "data:toy.inter": "abc"} for r in records)
+    # e.g. a package default changed on upgrade: same command, same config hash, other settings
+    fake_settings.value[("SASRec", "genair")] = "0.002"
+    capsys.readouterr()
+    report = grid(tmp_path, methods=["base", "genair"], seeds=2, report_only=True)
+    assert len(fake.calls) == 8 and len(report.records) == 6
+    assert [(m["model"], m["method"], m["seed"]) for m in report.missing] == [("SASRec", "genair", 100),
+                                                                              ("SASRec", "genair", 101)]
+    assert "- SASRec / genair / seed 100 (finished under other settings)" in (tmp_path / "table2.md").read_text()
+    assert "SASRec / genair / seed 100 finished under other settings (learning_rate: 0.001 → 0.002)" \
+        in capsys.readouterr().err
+    again = grid(tmp_path, methods=["base", "genair"], seeds=2)
+    assert again.ran == 2 and [c[:3] for c in fake.calls[8:]] == [("SASRec", "genair", 100), ("SASRec", "genair", 101)]
+    assert grid(tmp_path, methods=["base", "genair"], seeds=2).ran == 0      # the new records are current
+    # a record from before settings were kept counts as done, and the runner says it cannot check it
+    path = tmp_path / "results.jsonl"
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "settings"}) + "\n" for r in lines))
+    fake_settings.value[("GRU4Rec", "base")] = "0.1"
+    assert grid(tmp_path, methods=["base", "genair"], seeds=2).ran == 0
+    assert "8 finished cell(s) were recorded before resolved settings were kept" in capsys.readouterr().err
+
+
+def test_resolved_settings_cover_package_defaults_and_data_content_not_paths(tmp_path):
+    from recbole_genair.data.dataset import default_feature_file
+    from recbole_genair.quick_start import build_config
+
+    genair = experiments.cell_settings("ml-100k", "SASRec", "genair", None, {"seed": 1})
+    base = experiments.cell_settings("ml-100k", "SASRec", "base", None, {"seed": 1})
+    assert genair["calibration_gamma"] == "1.0" and genair["MAX_ITEM_LIST_LENGTH"] == "20"  # package YAMLs
+    assert not {"seed", "data_path", "torch_threads", "archetype_feature_file", "device"} & set(genair)
+    assert set(genair) - set(base) >= {"calibration_alpha", "data:ml-100k.archetype"}
+    assert len(genair["data:ml-100k.inter"]) == 40 and genair["data:ml-100k.inter"] == base["data:ml-100k.inter"]
+    assert experiments.cell_settings("ml-100k", "SASRec", "genair", None, {"seed": 2}) == genair
+    # the same feature file elsewhere: same settings; one value changed: only its fingerprint differs
+    source = default_feature_file(build_config("SASRec", "ml-100k", "genair", None, {}))
+    copy = tmp_path / "copy.archetype"
+    copy.write_bytes(source.read_bytes())
+    moved = experiments.cell_settings("ml-100k", "SASRec", "genair", None, {"archetype_feature_file": str(copy)})
+    assert {k: v for k, v in moved.items() if k != "data:copy.archetype"} == {
+        k: v for k, v in genair.items() if k != "data:ml-100k.archetype"}
+    assert moved["data:copy.archetype"] == genair["data:ml-100k.archetype"]
+    lines = copy.read_text().splitlines()
+    lines[1] = lines[1].replace("\t", "\t9", 1)
+    copy.write_text("\n".join(lines) + "\n")
+    edited = experiments.cell_settings("ml-100k", "SASRec", "genair", None, {"archetype_feature_file": str(copy)})
+    assert experiments.settings_changes(moved, edited) == [
+        f"data:copy.archetype: {moved['data:copy.archetype']} → {edited['data:copy.archetype']}"]
+
+
+def test_failed_cell_is_reported_not_stored_and_retried(monkeypatch, fake_settings, tmp_path):
     flaky = FakeRun(fail={("SASRec", "genair", 100)})
     monkeypatch.setattr(experiments, "run", flaky)
     outcome = run_experiments("toy", models=["SASRec"], methods=["base", "genair"], seeds=2,
