@@ -17,8 +17,10 @@ the contents of ``--config_files`` and the ``--key=value`` settings (not the see
 settings that cannot change results: logging, progress bars, threads, checkpoint folder).
 Each record also keeps the cell's *resolved* settings — every key of the final
 configuration, package YAML defaults included, and the SHA-1 of the data files it read
-(``.inter``, and the archetype feature file for methods that use one).  Re-running the same
-command skips finished cells whose resolved settings are unchanged; a cell finished under
+(``.inter``, and the archetype feature file for methods that use one).  A cell's training state is
+saved after every epoch (``DIR/saved/progress/``, the trainer's ``progress_file``), so a
+killed cell continues from its last epoch, with the same result as an uninterrupted run.
+Re-running the same command skips finished cells whose resolved settings are unchanged; a cell finished under
 other settings (a package default changed on upgrade, features regenerated) is re-run, and
 the keys that differ are printed.  A failed cell is reported and retried next time.  ``--report`` runs nothing: it writes the tables from the cells finished so far (by
 this or other processes sharing ``DIR``) and lists the missing ones.
@@ -63,7 +65,7 @@ RESULTS_FILE = "results.jsonl"
 FULL_RANKING_FILE = "full_ranking.jsonl"
 # Settings that cannot change a run's numbers; left out of the config hash.
 NON_RESULT_KEYS = frozenset({"seed", "show_progress", "state", "checkpoint_dir", "torch_threads",
-                             "log_wandb", "wandb_project"})
+                             "log_wandb", "wandb_project", "progress_file"})
 # Settings that say where or with what a run went, never what it computed (machine paths,
 # devices, distributed set-up, evaluation batch size, log rounding); data files enter the
 # resolved settings by content instead of by path.
@@ -167,6 +169,13 @@ def cell_settings(dataset: str, model: str, method: str, config_file_list, overr
     """:func:`resolved_settings` of one (backbone, method) cell, as the runner would configure it."""
     with isolated_argv():
         return resolved_settings(build_config(model, dataset, method, config_file_list, dict(overrides)))
+
+
+def progress_file(out: Path, model: str, method: str, seed: int, settings: dict) -> Path:
+    """Where a cell's per-epoch training state lives: named by the cell and its resolved
+    settings, so a partial run made under other settings is never resumed."""
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    return out / "saved" / "progress" / f"{model}-{method}-seed{seed}-{digest}.pth"
 
 
 def settings_changes(old: dict, new: dict) -> list[str]:
@@ -292,10 +301,13 @@ def run_experiments(dataset: str, models: Sequence[str] = BACKBONES, methods: Op
     for index, (model, method, seed) in enumerate(todo, 1):
         _say(f"[{index}/{len(todo)}] {model} / {method} / seed {seed} ...")
         started = time.time()
+        progress = progress_file(out, model, method, seed, resolved[(model, method)])
+        if progress.is_file():
+            _say(f"[{index}/{len(todo)}] resuming from {progress}")
         try:
             with isolated_argv():
                 result = run(model=model, dataset=dataset, method=method, config_file_list=files,
-                             config_dict={**settings, "seed": seed}, saved=True)
+                             config_dict={**settings, "seed": seed, "progress_file": str(progress)}, saved=True)
         except Exception as exc:  # one failed cell must not lose the others; it is reported
             error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
             _say(f"[{index}/{len(todo)}] {model} / {method} / seed {seed} FAILED: {error}")
@@ -312,6 +324,7 @@ def run_experiments(dataset: str, models: Sequence[str] = BACKBONES, methods: Op
                   **{k: result.get(k) for k in TRAINING_KEYS},
                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
         store.append(record)
+        progress.unlink(missing_ok=True)   # the record holds the result now
         done[cell_key(record)] = record
         outcome.ran += 1
         _say(f"[{index}/{len(todo)}] done in {record['seconds']}s: " + ", ".join(

@@ -8,19 +8,30 @@ the user never interacted with — and reused for validation, test, every epoch 
 method.  Scoring reuses ``full_sort_predict`` and masks every non-candidate to ``-inf``, so
 the 101-candidate protocol costs the same as full ranking and RecBole's own metrics apply
 unchanged.  ``eval_negatives: 0`` switches to plain full ranking.
+
+**Interrupted training resumes** (``progress_file``): after every validated epoch the
+trainer replaces one file with everything the next epoch depends on — weights, optimizer,
+early-stopping counters, best result and best-checkpoint path, the valid curve and every
+random state (torch, numpy, Python, the training loader's shuffling generator).  A run
+started with the same ``progress_file`` continues after the last saved epoch and ends with
+the same weights and results as a run that was never interrupted; one whose training had
+already finished goes straight to the test evaluation.
 """
 from __future__ import annotations
 
+import os
+import random
 import statistics
 import time
 import zlib
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 from recbole.trainer import Trainer
 
-from recbole_genair.compat import trusted_checkpoints
+from recbole_genair.compat import load_checkpoint, trusted_checkpoints
 
 
 def fixed_negatives(dataset, n_neg: int, seed: int) -> torch.Tensor:
@@ -85,6 +96,61 @@ class GenAIRTrainer(Trainer):
                 "valid_curve": [round(score, 6) for _, score in self.valid_curve],
                 "median_epoch_seconds": (round(statistics.median(self.epoch_seconds), 2)
                                          if self.epoch_seconds else None)}
+
+    # ------------------------------------------------------------------ resumable training
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        """RecBole's ``fit``; with ``progress_file`` set, resumed from and saved to that file."""
+        progress = self.config["progress_file"] if "progress_file" in self.config else None
+        if not progress:
+            return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+        progress = Path(progress)
+        if progress.is_file() and self._resume_progress(progress, train_data):
+            return self.best_valid_score, self.best_valid_result
+
+        def after_validation(epoch_idx, valid_score):
+            finished = self.cur_step > self.stopping_step or epoch_idx + 1 >= self.epochs
+            self._save_progress(progress, epoch_idx, train_data, finished)
+            if callback_fn:
+                callback_fn(epoch_idx, valid_score)
+
+        return super().fit(train_data, valid_data, verbose, saved, show_progress, after_validation)
+
+    def _save_progress(self, path: Path, epoch_idx: int, train_data, finished: bool) -> None:
+        state = {"model": self.config["model"], "epoch": epoch_idx, "finished": finished,
+                 "cur_step": self.cur_step, "best_valid_score": self.best_valid_score,
+                 "best_valid_result": self.best_valid_result, "saved_model_file": self.saved_model_file,
+                 "train_loss_dict": self.train_loss_dict, "epoch_seconds": self.epoch_seconds,
+                 "valid_curve": self.valid_curve, "state_dict": self.model.state_dict(),
+                 "other_parameter": self.model.other_parameter(), "optimizer": self.optimizer.state_dict(),
+                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                         "python": random.getstate(), "loader": train_data.generator.get_state()}}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        torch.save(state, partial)
+        os.replace(partial, path)   # a kill leaves the previous epoch's file, never half of one
+
+    def _resume_progress(self, path: Path, train_data) -> bool:
+        """Restore the state saved in ``path``; True when its training had already finished."""
+        state = load_checkpoint(path, map_location=self.device)
+        if state["model"] != self.config["model"]:
+            raise ValueError(f"{path}: progress of {state['model']}, not of {self.config['model']}")
+        if state["best_valid_result"] is not None and not Path(state["saved_model_file"]).is_file():
+            raise FileNotFoundError(f"{path}: its best checkpoint {state['saved_model_file']} is gone; "
+                                    f"delete {path} to train from scratch")
+        self.model.load_state_dict(state["state_dict"])
+        self.model.load_other_parameter(state["other_parameter"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.start_epoch = state["epoch"] + 1
+        for key in ("cur_step", "best_valid_score", "best_valid_result", "saved_model_file", "train_loss_dict",
+                    "epoch_seconds", "valid_curve"):
+            setattr(self, key, state[key])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        train_data.generator.set_state(state["rng"]["loader"])
+        self.logger.info(f"resumed from {path}: epoch {state['epoch']} done"
+                         + ("; training had finished" if state["finished"] else f", continuing at {self.start_epoch}"))
+        return bool(state["finished"])
 
     def set_negatives(self, negatives: Optional[torch.Tensor]) -> None:
         self.eval_negatives = None if negatives is None else negatives.to(self.device)

@@ -144,6 +144,12 @@ def test_cell_finished_under_other_resolved_settings_runs_again_and_says_why(fak
         in capsys.readouterr().err
     again = grid(tmp_path, methods=["base", "genair"], seeds=2)
     assert again.ran == 2 and [c[:3] for c in fake.calls[8:]] == [("SASRec", "genair", 100), ("SASRec", "genair", 101)]
+    # each cell trains with its own progress file, named by its settings: a partial run made
+    # under the old settings is never resumed under the new ones
+    first = {c[:3]: c[3]["progress_file"] for c in fake.calls[:8]}
+    assert len(set(first.values())) == 8
+    assert all(p.startswith(str(tmp_path / "saved" / "progress")) for p in first.values())
+    assert fake.calls[8][3]["progress_file"] != first[("SASRec", "genair", 100)]
     assert grid(tmp_path, methods=["base", "genair"], seeds=2).ran == 0      # the new records are current
     # a record from before settings were kept counts as done, and the runner says it cannot check it
     path = tmp_path / "results.jsonl"
@@ -227,6 +233,7 @@ def test_one_real_cell(fast_config, tmp_path):
     assert record["epochs_run"] == epochs and len(record["valid_curve"]) == epochs
     assert record["valid_curve"][record["best_epoch"]] == pytest.approx(record["best_valid_score"], abs=1e-6)
     assert record["median_epoch_seconds"] > 0
+    assert not list((tmp_path / "saved" / "progress").iterdir())   # recorded: the progress file is gone
     assert "| SASRec | HR@10 | **" in (tmp_path / "table2.md").read_text()
     again = run_experiments("ml-100k", models=["SASRec"], methods=["base"], seeds=1,
                             overrides=fast_config, out=tmp_path, full_ranking=True)

@@ -108,3 +108,34 @@ def test_each_backbone_beats_random_ranker(backbone, fast_config):
     # random ranking among 101 candidates: HR@10 ~ 0.099, NDCG@10 ~ 0.045
     assert result["best_valid_result"]["ndcg@10"] > 0.12, result
     assert result["test_result"]["hit@10"] > 0.25, result
+
+
+@pytest.mark.parametrize("backbone", ["GRU4Rec", "BERT4Rec"])
+def test_interrupted_training_resumes_to_the_uninterrupted_result(backbone, fast_config, tmp_path):
+    """Killed after epoch 2 of 3, then started again with the same progress_file: the same
+    weights, valid curve and test result as a run that was never interrupted."""
+    settings = dict(fast_config, epochs=3, stopping_step=10)
+    whole = run(backbone, "ml-100k", "genair", config_dict=dict(settings, progress_file=str(tmp_path / "whole.pth")))
+    progress = tmp_path / "cut.pth"
+    epochs_seen = []
+
+    def crash(epoch_idx, valid_score):
+        epochs_seen.append(epoch_idx)
+        if epoch_idx == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(backbone, "ml-100k", "genair", config_dict=dict(settings, progress_file=str(progress)), callback=crash)
+    assert epochs_seen == [0, 1] and progress.is_file() and not progress.with_name("cut.pth.partial").exists()
+    resumed_epochs = []
+    resumed = run(backbone, "ml-100k", "genair", config_dict=dict(settings, progress_file=str(progress)),
+                  callback=lambda epoch_idx, score: resumed_epochs.append(epoch_idx))
+    assert resumed_epochs == [2]                                          # only the missing epoch ran
+    assert resumed["valid_curve"] == whole["valid_curve"] and resumed["epochs_run"] == 3
+    assert resumed["test_result"] == whole["test_result"]
+    best = [torch.load(r["saved_model_file"], weights_only=False)["state_dict"] for r in (whole, resumed)]
+    assert all(torch.equal(best[0][k], best[1][k]) for k in best[0])
+    again_epochs = []                                                     # training had finished
+    again = run(backbone, "ml-100k", "genair", config_dict=dict(settings, progress_file=str(progress)),
+                callback=lambda epoch_idx, score: again_epochs.append(epoch_idx))
+    assert again_epochs == [] and again["test_result"] == whole["test_result"]
