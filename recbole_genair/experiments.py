@@ -17,13 +17,14 @@ the contents of ``--config_files`` and the ``--key=value`` settings (not the see
 settings that cannot change results: logging, progress bars, threads, checkpoint folder).
 Each record also keeps the cell's *resolved* settings — every key of the final
 configuration, package YAML defaults included, and the SHA-1 of the data files it read
-(``.inter``, and the archetype feature file for methods that use one).  A cell's training state is
-saved after every epoch (``DIR/saved/progress/``, the trainer's ``progress_file``), so a
-killed cell continues from its last epoch, with the same result as an uninterrupted run.
-Re-running the same command skips finished cells whose resolved settings are unchanged; a cell finished under
-other settings (a package default changed on upgrade, features regenerated) is re-run, and
-the keys that differ are printed.  A failed cell is reported and retried next time.  ``--report`` runs nothing: it writes the tables from the cells finished so far (by
-this or other processes sharing ``DIR``) and lists the missing ones.
+(``.inter``, and the archetype feature file for methods that use one).  Re-running the
+same command skips finished cells whose resolved settings are unchanged; a cell finished
+under other settings (a package default changed on upgrade, features regenerated) is re-run,
+and the keys that differ are printed.  A failed cell is reported and retried next time.  A
+cell's training state is saved after every epoch (``DIR/saved/progress/``, the trainer's
+``progress_file``), so a killed cell continues from its last epoch and ends with the result
+of an uninterrupted run.  ``--report`` runs nothing: it writes the tables from the cells
+finished so far (by this or other processes sharing ``DIR``) and lists the missing ones.
 
 ``--full_ranking`` also writes ``table2_full.md`` / ``table2_full.csv``: every finished cell's
 saved best checkpoint (the epoch chosen on the run's own validation protocol) re-ranked
