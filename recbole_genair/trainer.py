@@ -104,7 +104,7 @@ class GenAIRTrainer(Trainer):
         if not progress:
             return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
         progress = Path(progress)
-        if progress.is_file() and self._resume_progress(progress, train_data):
+        if progress.is_file() and self._resume_progress(progress, train_data, need_best_file=saved):
             return self.best_valid_score, self.best_valid_result
 
         def after_validation(epoch_idx, valid_score):
@@ -129,12 +129,13 @@ class GenAIRTrainer(Trainer):
         torch.save(state, partial)
         os.replace(partial, path)   # a kill leaves the previous epoch's file, never half of one
 
-    def _resume_progress(self, path: Path, train_data) -> bool:
+    def _resume_progress(self, path: Path, train_data, need_best_file: bool = True) -> bool:
         """Restore the state saved in ``path``; True when its training had already finished."""
         state = load_checkpoint(path, map_location=self.device)
         if state["model"] != self.config["model"]:
             raise ValueError(f"{path}: progress of {state['model']}, not of {self.config['model']}")
-        if state["best_valid_result"] is not None and not Path(state["saved_model_file"]).is_file():
+        if (need_best_file and state["best_valid_result"] is not None
+                and not Path(state["saved_model_file"]).is_file()):
             raise FileNotFoundError(f"{path}: its best checkpoint {state['saved_model_file']} is gone; "
                                     f"delete {path} to train from scratch")
         self.model.load_state_dict(state["state_dict"])

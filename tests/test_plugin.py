@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,6 +128,11 @@ def test_interrupted_training_resumes_to_the_uninterrupted_result(backbone, fast
     with pytest.raises(KeyboardInterrupt):
         run(backbone, "ml-100k", "genair", config_dict=dict(settings, progress_file=str(progress)), callback=crash)
     assert epochs_seen == [0, 1] and progress.is_file() and not progress.with_name("cut.pth.partial").exists()
+    best_file = Path(torch.load(progress, weights_only=False)["saved_model_file"])
+    hidden = best_file.rename(best_file.with_suffix(".hidden"))       # the best checkpoint went missing
+    with pytest.raises(FileNotFoundError, match="is gone; delete .*cut.pth to train from scratch"):
+        run(backbone, "ml-100k", "genair", config_dict=dict(settings, progress_file=str(progress)))
+    hidden.rename(best_file)
     resumed_epochs = []
     resumed = run(backbone, "ml-100k", "genair", config_dict=dict(settings, progress_file=str(progress)),
                   callback=lambda epoch_idx, score: resumed_epochs.append(epoch_idx))
