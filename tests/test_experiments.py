@@ -160,29 +160,30 @@ def test_cell_finished_under_other_resolved_settings_runs_again_and_says_why(fak
     assert "8 finished cell(s) were recorded before resolved settings were kept" in capsys.readouterr().err
 
 
-def test_resolved_settings_cover_package_defaults_and_data_content_not_paths(tmp_path):
+def test_resolved_settings_cover_package_defaults_and_data_content_not_paths(data_root, tmp_path):
     from recbole_genair.data.dataset import default_feature_file
     from recbole_genair.quick_start import build_config
 
-    genair = experiments.cell_settings("ml-100k", "SASRec", "genair", None, {"seed": 1})
-    base = experiments.cell_settings("ml-100k", "SASRec", "base", None, {"seed": 1})
+    root = {"data_path": str(data_root)}   # converted in the test session (dataset/ is git-ignored)
+    genair = experiments.cell_settings("ml-100k", "SASRec", "genair", None, {**root, "seed": 1})
+    base = experiments.cell_settings("ml-100k", "SASRec", "base", None, {**root, "seed": 1})
     assert genair["calibration_gamma"] == "1.0" and genair["MAX_ITEM_LIST_LENGTH"] == "20"  # package YAMLs
     assert not {"seed", "data_path", "torch_threads", "archetype_feature_file", "device"} & set(genair)
     assert set(genair) - set(base) >= {"calibration_alpha", "data:ml-100k.archetype"}
     assert len(genair["data:ml-100k.inter"]) == 40 and genair["data:ml-100k.inter"] == base["data:ml-100k.inter"]
-    assert experiments.cell_settings("ml-100k", "SASRec", "genair", None, {"seed": 2}) == genair
+    assert experiments.cell_settings("ml-100k", "SASRec", "genair", None, {**root, "seed": 2}) == genair
     # the same feature file elsewhere: same settings; one value changed: only its fingerprint differs
-    source = default_feature_file(build_config("SASRec", "ml-100k", "genair", None, {}))
+    source = default_feature_file(build_config("SASRec", "ml-100k", "genair", None, dict(root)))
     copy = tmp_path / "copy.archetype"
     copy.write_bytes(source.read_bytes())
-    moved = experiments.cell_settings("ml-100k", "SASRec", "genair", None, {"archetype_feature_file": str(copy)})
+    moved = experiments.cell_settings("ml-100k", "SASRec", "genair", None, {**root, "archetype_feature_file": str(copy)})
     assert {k: v for k, v in moved.items() if k != "data:copy.archetype"} == {
         k: v for k, v in genair.items() if k != "data:ml-100k.archetype"}
     assert moved["data:copy.archetype"] == genair["data:ml-100k.archetype"]
     lines = copy.read_text().splitlines()
     lines[1] = lines[1].replace("\t", "\t9", 1)
     copy.write_text("\n".join(lines) + "\n")
-    edited = experiments.cell_settings("ml-100k", "SASRec", "genair", None, {"archetype_feature_file": str(copy)})
+    edited = experiments.cell_settings("ml-100k", "SASRec", "genair", None, {**root, "archetype_feature_file": str(copy)})
     assert experiments.settings_changes(moved, edited) == [
         f"data:copy.archetype: {moved['data:copy.archetype']} → {edited['data:copy.archetype']}"]
 
