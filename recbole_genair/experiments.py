@@ -55,6 +55,7 @@ from typing import Iterable, Optional, Sequence
 
 from recbole.config import Config as RecBoleConfig
 
+from recbole_genair.data.dataset import default_feature_file
 from recbole_genair.quick_start import build_config, run
 from recbole_genair.registry import BACKBONES, UnknownChoiceError, methods as registered_methods
 from recbole_genair.registry import model_class
@@ -147,7 +148,6 @@ def _file_sha1(path: str, size: int, mtime_ns: int) -> str:
 def data_files(config) -> list[Path]:
     """The data files a cell's numbers depend on: the interactions, and the archetype
     features for the methods that read them."""
-    from recbole_genair.data.dataset import default_feature_file
     files = [Path(config["data_path"]) / f"{config['dataset']}.inter"]
     if "genair_features" in config:
         files.append(Path(config["archetype_feature_file"] or default_feature_file(config)))
@@ -270,7 +270,7 @@ def run_experiments(dataset: str, models: Sequence[str] = BACKBONES, methods: Op
     cells = [(model, method, seed) for seed in seed_list for model in models for method in methods]
     resolved = {(model, method): cell_settings(dataset, model, method, files, overrides)
                 for model in models for method in methods}
-    stale, unverified = {}, 0
+    stale, unverified = set(), 0
     for model, method, seed in cells:
         record = done.get((dataset, model, method, seed, digest))
         if record is None:
@@ -280,7 +280,7 @@ def run_experiments(dataset: str, models: Sequence[str] = BACKBONES, methods: Op
             continue
         changes = settings_changes(record["settings"], resolved[(model, method)])
         if changes:
-            stale[(model, method, seed)] = changes
+            stale.add((model, method, seed))
             del done[(dataset, model, method, seed, digest)]
             _say(f"{model} / {method} / seed {seed} finished under other settings ("
                  + "; ".join(changes[:4]) + (f"; +{len(changes) - 4} more" if len(changes) > 4 else "")

@@ -98,9 +98,13 @@ class GenAIRTrainer(Trainer):
                                          if self.epoch_seconds else None)}
 
     # ------------------------------------------------------------------ resumable training
+    # Trainer attributes a progress file carries over (besides weights, optimizer and RNGs).
+    RESUMED_ATTRIBUTES = ("cur_step", "best_valid_score", "best_valid_result", "saved_model_file",
+                          "train_loss_dict", "epoch_seconds", "valid_curve")
+
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         """RecBole's ``fit``; with ``progress_file`` set, resumed from and saved to that file."""
-        progress = self.config["progress_file"] if "progress_file" in self.config else None
+        progress = self.config["progress_file"]
         if not progress:
             return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
         progress = Path(progress)
@@ -117,11 +121,9 @@ class GenAIRTrainer(Trainer):
 
     def _save_progress(self, path: Path, epoch_idx: int, train_data, finished: bool) -> None:
         state = {"model": self.config["model"], "epoch": epoch_idx, "finished": finished,
-                 "cur_step": self.cur_step, "best_valid_score": self.best_valid_score,
-                 "best_valid_result": self.best_valid_result, "saved_model_file": self.saved_model_file,
-                 "train_loss_dict": self.train_loss_dict, "epoch_seconds": self.epoch_seconds,
-                 "valid_curve": self.valid_curve, "state_dict": self.model.state_dict(),
-                 "other_parameter": self.model.other_parameter(), "optimizer": self.optimizer.state_dict(),
+                 **{key: getattr(self, key) for key in self.RESUMED_ATTRIBUTES},
+                 "state_dict": self.model.state_dict(), "other_parameter": self.model.other_parameter(),
+                 "optimizer": self.optimizer.state_dict(),
                  "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                          "python": random.getstate(), "loader": train_data.generator.get_state()}}
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,8 +144,7 @@ class GenAIRTrainer(Trainer):
         self.model.load_other_parameter(state["other_parameter"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.start_epoch = state["epoch"] + 1
-        for key in ("cur_step", "best_valid_score", "best_valid_result", "saved_model_file", "train_loss_dict",
-                    "epoch_seconds", "valid_curve"):
+        for key in self.RESUMED_ATTRIBUTES:
             setattr(self, key, state[key])
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
