@@ -4,7 +4,7 @@
                                  [--config_files="a.yaml b.yaml"] [--key=value ...]
     python run_recbole_genair.py --tune --model=SASRec --dataset=ml-100k [--method=genair]
                                  [--search_space=FILE.yaml] [--num_samples=N]
-                                 [--max_concurrent=N] [--ray_address=ADDR]
+                                 [--max_concurrent=N] [--ray_address=ADDR] [--out=DIR]
 
 Any other ``--key=value`` is a RecBole setting and overrides the YAML layers, as in
 RecBole's own ``run_recbole.py``.
@@ -15,6 +15,9 @@ import argparse
 import sys
 
 from recbole_genair.registry import BACKBONES, UnknownChoiceError, methods
+
+
+TUNE_OPTIONS = ("search_space", "num_samples", "max_concurrent", "ray_address", "out")
 
 
 def parse(argv=None):
@@ -29,18 +32,25 @@ def parse(argv=None):
     parser.add_argument("--num_samples", type=int, default=None, help="trials (default: the grid's size)")
     parser.add_argument("--max_concurrent", type=int, default=None, help="trials at once (default: fits the CPUs)")
     parser.add_argument("--ray_address", default=None, help="address of a running Ray cluster")
+    parser.add_argument("--out", default=None,
+                        help="the sweep's directory (default: a new one under ray_results/); "
+                             "one holding an interrupted sweep of the same settings is resumed")
     return parser.parse_known_args(argv)
 
 
 def main(argv=None) -> int:
     args, _recbole_overrides = parse(argv)  # RecBole reads its --key=value overrides from sys.argv
+    tune_only = [f"--{k}" for k in TUNE_OPTIONS if getattr(args, k) is not None]
+    if tune_only and not args.tune:
+        print(f"error: {', '.join(tune_only)} only work with --tune", file=sys.stderr)
+        return 2
     files = args.config_files.split() if args.config_files else None
     try:
         if args.tune:
             from recbole_genair.tune import tune
             tune(model=args.model, dataset=args.dataset, method=args.method, config_file_list=files,
                  search_space=args.search_space, num_samples=args.num_samples,
-                 max_concurrent=args.max_concurrent, ray_address=args.ray_address)
+                 max_concurrent=args.max_concurrent, ray_address=args.ray_address, out_dir=args.out)
         else:
             from recbole_genair.quick_start import run
             run(model=args.model, dataset=args.dataset, method=args.method, config_file_list=files)

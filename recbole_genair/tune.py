@@ -2,7 +2,7 @@
 
     python run_recbole_genair.py --tune --model=SASRec --dataset=ml-100k [--method=genair]
         [--search_space=FILE.yaml] [--num_samples=N] [--max_concurrent=N] [--ray_address=ADDR]
-        [--key=value ...]
+        [--out=DIR] [--key=value ...]
 
 Replaces RecBole's ``objective_function`` (which reports *test* metrics and calls
 ``tune.report`` in a form Ray 2.6 rejects).  Each trial is this package's own run —
@@ -37,6 +37,14 @@ metrics, commands to reproduce) and ``best.json``.
 On a Ray cluster (``--ray_address``) the package and the data set must be importable /
 readable at the same absolute paths on every node; relative paths given here are made
 absolute on the driver.
+
+**An interrupted sweep continues** (``--out=DIR``): every trial trains with a progress file
+(``progress_file``, see ``recbole_genair.trainer``) and hands it, with its best checkpoint,
+to Ray as the trial's checkpoint after each validated epoch.  After Ctrl-C, a crash or a
+lost node, the same command with ``--out=`` the sweep's directory restores it through
+``Tuner.restore``: finished and failed trials are kept as they were, unfinished ones continue
+after their last reported epoch with the same numbers an uninterrupted trial would report.
+A directory holding a sweep of other settings is refused (``sweep.json`` records them).
 """
 from __future__ import annotations
 
@@ -46,13 +54,14 @@ import json
 import math
 import os
 import shlex
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from recbole_genair.experiments import command_line_overrides, isolated_argv
+from recbole_genair.experiments import command_line_overrides, isolated_argv, settings_changes
 from recbole_genair.paths import PROPERTIES_DIR, read_yaml
 from recbole_genair.quick_start import build_config
 from recbole_genair.registry import UnknownChoiceError, model_class
@@ -61,12 +70,14 @@ SPEC_KINDS = ("grid", "choice", "loguniform", "uniform")
 SCHEDULER_KEYS = {"type", "grace_period", "reduction_factor", "max_t", "brackets"}
 # Options of run_recbole_genair.py itself; every other --key=value is a RecBole setting.
 RUNNER_OPTIONS = {"model", "dataset", "method", "config_files", "tune", "search_space",
-                  "num_samples", "max_concurrent", "ray_address"}
+                  "num_samples", "max_concurrent", "ray_address", "out"}
 # Settings holding file paths: made absolute on the driver, since trials run elsewhere.
 PATH_KEYS = ("data_path", "archetype_feature_file")
 # Settings a trial always chooses itself; left out of the reproduce commands.
 TRIAL_KEYS = ("checkpoint_dir", "torch_threads", "show_progress")
 DEFAULT_RESULTS_DIR = "ray_results"
+SWEEP_FILE = "sweep.json"        # a sweep directory's settings, checked before it is resumed
+TRIAL_PROGRESS = "progress.pth"  # inside a trial directory (and inside its Ray checkpoints)
 
 
 def _say(message: str) -> None:
@@ -182,14 +193,16 @@ def trial_metrics(valid_result: dict, valid_score: float, epoch_idx: int, traine
 
 def genair_trial(params: dict, setup: dict) -> None:
     """Ray function trainable: one RecBole run reporting validation metrics each epoch."""
-    from ray.air import session
+    from ray.air import Checkpoint, session
     from recbole.utils import init_logger, init_seed
 
     from recbole_genair.quick_start import prepare
 
-    trial_dir = session.get_trial_dir()
+    trial_dir = Path(session.get_trial_dir())
+    progress = trial_dir / TRIAL_PROGRESS
+    restore_trial_files(session.get_checkpoint(), trial_dir)
     config_dict = {**setup["base"], **params,
-                   "checkpoint_dir": os.path.join(trial_dir, "saved"),
+                   "checkpoint_dir": str(trial_dir / "saved"), "progress_file": str(progress),
                    "torch_threads": setup["cpus_per_trial"], "show_progress": False}
     with isolated_argv():  # the Ray worker's own --node-ip-address=... must not reach RecBole
         config = build_config(setup["model"], setup["dataset"], setup["method"],
@@ -210,9 +223,46 @@ def genair_trial(params: dict, setup: dict) -> None:
     trainer._valid_epoch = _valid_epoch_keeping_result
 
     def report(epoch_idx, valid_score):
-        session.report(trial_metrics(last_valid["result"], valid_score, epoch_idx, trainer))
+        # the trainer has just saved this epoch's progress and, if it improved, the best model
+        snapshot = snapshot_trial_files(trial_dir, progress, Path(trainer.saved_model_file))
+        session.report(trial_metrics(last_valid["result"], valid_score, epoch_idx, trainer),
+                       checkpoint=Checkpoint.from_directory(str(snapshot)))
 
     trainer.fit(train_data, valid_data, saved=True, show_progress=False, callback_fn=report)
+
+
+def snapshot_trial_files(trial_dir: Path, progress: Path, best_model: Path) -> Path:
+    """``trial_dir/snapshot/`` = the progress file and the best checkpoint, at their paths
+    relative to ``trial_dir`` (Ray copies the directory into the trial's checkpoint)."""
+    snapshot = trial_dir / "snapshot"
+    if snapshot.exists():
+        shutil.rmtree(snapshot)
+    snapshot.mkdir()
+    for path in (progress, best_model):
+        if path.is_file():
+            target = snapshot / path.relative_to(trial_dir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+    return snapshot
+
+
+def restore_trial_files(checkpoint, trial_dir: Path) -> None:
+    """Put a restored trial's files back where its trainer reads them.
+
+    With no Ray checkpoint the trial starts from scratch, so a progress file written after
+    its last report (an epoch Ray never heard of) is dropped: Ray's iteration count and the
+    trainer's epoch must stay the same."""
+    progress = trial_dir / TRIAL_PROGRESS
+    if checkpoint is None:
+        progress.unlink(missing_ok=True)
+        return
+    restored = Path(checkpoint.to_directory())
+    for path in restored.rglob("*.pth"):
+        target = trial_dir / path.relative_to(restored)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+    if not progress.is_file():
+        raise FileNotFoundError(f"Ray checkpoint {restored} of trial {trial_dir.name} holds no {TRIAL_PROGRESS}")
 
 
 def _trial_dirname(trial) -> str:
@@ -231,10 +281,15 @@ class SweepReport:
     history: list[dict]
     best: Optional[dict]
     commands: dict[str, str]
+    resume_command: Optional[str] = None  # set when the sweep was interrupted
 
     @property
     def failed(self) -> list[dict]:
         return [t for t in self.trials if t["status"] == "failed"]
+
+    @property
+    def unfinished(self) -> list[dict]:
+        return [t for t in self.trials if t["status"] == "unfinished"]
 
 
 def _error_summary(error: BaseException) -> str:
@@ -251,8 +306,19 @@ def _read_params(log_dir: Optional[Path], fallback: Optional[dict]) -> dict:
     return dict(fallback or {})
 
 
-def collect_trials(result_grid, space: SearchSpace, metric: str, mode: str) -> tuple[list[dict], list[dict]]:
-    """One summary row per trial and every reported row, from a ``ResultGrid``."""
+def unfinished_trial_ids(result_grid) -> set[str]:
+    """Trials the sweep was interrupted in: no error and no final (``done``) result.
+
+    A trial that returns or that the scheduler stops gets a last result with ``done=True``;
+    an interrupted one does not (Ray marks it TERMINATED on shutdown all the same)."""
+    return {trial.trial_id for trial in result_grid._experiment_analysis.trials  # Ray 2.6 (pinned)
+            if trial.error_file is None and not (trial.last_result or {}).get("done")}
+
+
+def collect_trials(result_grid, space: SearchSpace, metric: str, mode: str,
+                   unfinished: frozenset = frozenset()) -> tuple[list[dict], list[dict]]:
+    """One summary row per trial and every reported row, from a ``ResultGrid``; trials
+    whose id is in ``unfinished`` are listed as such and take no rank."""
     sign = 1 if mode == "max" else -1
     trials, history = [], []
     for result in result_grid:
@@ -264,6 +330,9 @@ def collect_trials(result_grid, space: SearchSpace, metric: str, mode: str) -> t
                **{f"param/{k}": params.get(k) for k in space.params}}
         frame = result.metrics_dataframe
         rows = [] if frame is None else frame.to_dict("records")
+        # A trial resumed from an older checkpoint than its last logged row (driver killed
+        # between the two) reports those iterations again: keep each iteration's last row.
+        rows = list({r.get("training_iteration", i): r for i, r in enumerate(rows)}.values())
         for report in rows:
             history.append({"trial_id": trial_id, **{k: v for k, v in report.items()
                                                      if k == "training_iteration" or k == "epoch"
@@ -277,7 +346,9 @@ def collect_trials(result_grid, space: SearchSpace, metric: str, mode: str) -> t
             row["saved_model_file"] = best.get("saved_model_file")
         else:
             row.update({metric: None, "iterations": len(rows)})
-        if result.error is not None:
+        if trial_id in unfinished:
+            row["status"] = "unfinished"
+        elif result.error is not None:
             row["status"] = "failed"
             row["error"] = _error_summary(result.error)
             row["error_file"] = str(log_dir / "error.txt") if log_dir else ""
@@ -287,10 +358,11 @@ def collect_trials(result_grid, space: SearchSpace, metric: str, mode: str) -> t
         row["log_dir"] = str(log_dir) if log_dir else ""
         trials.append(row)
     ok = sorted((t for t in trials if t["status"] == "ok"), key=lambda t: -sign * t[metric])
-    failed = [t for t in trials if t["status"] != "ok"]
+    unfinished_rows = [t for t in trials if t["status"] == "unfinished"]
+    failed = [t for t in trials if t["status"] == "failed"]
     for rank, trial in enumerate(ok, 1):
         trial["rank"] = rank
-    return ok + failed, history
+    return ok + unfinished_rows + failed, history
 
 
 def evaluate_checkpoint(model_file: str) -> dict:
@@ -376,6 +448,9 @@ def write_report(report: SweepReport, header: str) -> None:
                   "    " + report.commands["trial"], "",
                   "Best swept values under the full protocol (without the sweep's `fixed` settings):", "",
                   "    " + report.commands["protocol"], ""]
+    elif report.resume_command:
+        lines += [f"Interrupted with {len(report.unfinished)} trial(s) unfinished; no best trial "
+                  "is chosen yet.  Continue the sweep with:", "", "    " + report.resume_command, ""]
     else:
         lines += ["No trial finished with a validation metric.", ""]
     if report.failed:
@@ -404,8 +479,12 @@ def _init_ray(ray_address: Optional[str], num_cpus: Optional[int]) -> bool:
         ray.init(address=ray_address, log_to_driver=False)
     else:
         # Trials' RecBole logs stay in their trial directories (log_to_driver=False);
-        # the Tune status table and error files report progress and failures.
-        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+        # the Tune status table and error files report progress and failures.  Ray runs its
+        # workers at nice 15; next to other busy processes that starved trials here (an
+        # ml-100k epoch took 80 s in a trial, 3.3 s in-process, beside two training jobs), so
+        # trials compete on equal terms with the machine's other work.
+        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
+                 _system_config={"worker_niceness": 0})
     return True
 
 
@@ -433,6 +512,8 @@ def tune(model: str = "SASRec", dataset: str = "ml-100k", method: str = "genair"
     ``None`` reads the ``--key=value`` arguments of the command line (as RecBole does), minus
     ``run_recbole_genair.py``'s own options.  ``num_cpus`` sizes a local Ray (default: all
     cores); ``cpus_per_trial`` is each trial's reservation and torch thread count.
+    ``out_dir``: the sweep's directory (default ``ray_results/<dataset>-<model>-<method>-<time>``);
+    one holding an interrupted sweep of the same settings is resumed.
     """
     import ray
     from ray import air
@@ -468,29 +549,54 @@ def tune(model: str = "SASRec", dataset: str = "ml-100k", method: str = "genair"
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(out_dir) if out_dir else Path(DEFAULT_RESULTS_DIR) / f"{dataset}-{model}-{method}-{stamp}"
     out = out.resolve()
-    _say(f"{n_trials} trial(s) of {model}/{method} on {dataset} from {space.source}; "
-         f"selecting on {metric} ({mode}); {cpus_per_trial} CPU(s) per trial; output {out}")
-
     setup = {"model": model, "dataset": dataset, "method": method, "config_file_list": files,
              "base": base, "cpus_per_trial": cpus_per_trial}
+    identity = sweep_identity(setup, space, num_samples)
+    resuming = ray_tune.Tuner.can_restore(out)
+    if resuming:
+        check_same_sweep(out, identity)
+    resume_command = _resume_command(out)
+    _say(f"{n_trials} trial(s) of {model}/{method} on {dataset} from {space.source}; "
+         f"selecting on {metric} ({mode}); {cpus_per_trial} CPU(s) per trial; output {out}")
+    _say(("resuming the interrupted sweep in " if resuming else "if interrupted, continue with: ")
+         + (str(out) if resuming else resume_command))
+
     trainable = ray_tune.with_resources(ray_tune.with_parameters(genair_trial, setup=setup),
                                         {"cpu": cpus_per_trial})
     started = _init_ray(ray_address, num_cpus)
     try:
-        tuner = ray_tune.Tuner(
-            trainable, param_space=space.ray_space(),
-            tune_config=ray_tune.TuneConfig(
-                metric=metric, mode=mode, num_samples=num_samples, max_concurrent_trials=max_concurrent,
-                scheduler=_scheduler(space.scheduler, int(config["epochs"])),
-                reuse_actors=False, trial_dirname_creator=_trial_dirname),
-            run_config=air.RunConfig(name=out.name, storage_path=str(out.parent),
-                                     failure_config=air.FailureConfig(max_failures=0), verbose=1))
+        if resuming:
+            tuner = ray_tune.Tuner.restore(str(out), trainable=trainable, resume_unfinished=True,
+                                           param_space=space.ray_space())
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / SWEEP_FILE).write_text(json.dumps(identity, indent=2), encoding="utf-8")
+            tuner = ray_tune.Tuner(
+                trainable, param_space=space.ray_space(),
+                tune_config=ray_tune.TuneConfig(
+                    metric=metric, mode=mode, num_samples=num_samples, max_concurrent_trials=max_concurrent,
+                    scheduler=_scheduler(space.scheduler, int(config["epochs"])),
+                    reuse_actors=False, trial_dirname_creator=_trial_dirname),
+                run_config=air.RunConfig(name=out.name, storage_path=str(out.parent),
+                                         failure_config=air.FailureConfig(max_failures=0),
+                                         checkpoint_config=air.CheckpointConfig(num_to_keep=1), verbose=1))
         result_grid = tuner.fit()
+        unfinished = unfinished_trial_ids(result_grid)
     finally:
         if started:
             ray.shutdown()
 
-    trials, history = collect_trials(result_grid, space, metric, mode)
+    trials, history = collect_trials(result_grid, space, metric, mode, frozenset(unfinished))
+    header = (f"# Sweep: {model} / {method} on {dataset}\n\n{len(trials)} trial(s), "
+              f"{sum(t['status'] == 'failed' for t in trials)} failed, {len(unfinished)} unfinished; "
+              f"search space {space.source}")
+    if unfinished:
+        report = SweepReport(out_dir=out, metric=metric, mode=mode, trials=trials, history=history,
+                             best=None, commands={}, resume_command=resume_command)
+        write_report(report, header)
+        _say(f"interrupted with {len(unfinished)} trial(s) unfinished (their progress is kept); "
+             f"continue with: {resume_command}")
+        return report
     best_trial = next((t for t in trials if t["status"] == "ok"), None)
     commands, best = {}, None
     if best_trial is not None:
@@ -504,8 +610,6 @@ def tune(model: str = "SASRec", dataset: str = "ml-100k", method: str = "genair"
             best.update(_final_evaluation(best_trial, setup, best_params, out))
     report = SweepReport(out_dir=out, metric=metric, mode=mode, trials=trials, history=history,
                          best=best, commands=commands)
-    header = (f"# Sweep: {model} / {method} on {dataset}\n\n{len(trials)} trial(s), "
-              f"{len(report.failed)} failed; search space {space.source}")
     write_report(report, header)
     _say(f"{len(trials) - len(report.failed)} trial(s) finished, {len(report.failed)} failed; "
          f"wrote {out / 'summary.md'} and {out / 'trials.csv'}")
@@ -513,6 +617,35 @@ def tune(model: str = "SASRec", dataset: str = "ml-100k", method: str = "genair"
         _say(f"best {best['trial_id']}: {best['params']} {metric}={best[metric]:.4f}; "
              f"test {best.get('test_result', {})}")
     return report
+
+
+def sweep_identity(setup: dict, space: SearchSpace, num_samples: int) -> dict:
+    """What makes two sweeps the same one (JSON-normalised, as stored in ``sweep.json``)."""
+    identity = {**setup, "search_space": {k: [kind, values] for k, (kind, values) in space.params.items()},
+                "scheduler": space.scheduler, "num_samples": num_samples}
+    return json.loads(json.dumps(identity, default=str))
+
+
+def check_same_sweep(out: Path, identity: dict) -> None:
+    """Refuse to resume ``out`` with other settings than those it was started with."""
+    stored_file = out / SWEEP_FILE
+    if not stored_file.is_file():
+        raise ValueError(f"{out} holds a Ray Tune experiment without {SWEEP_FILE}: not a sweep of this "
+                         "tool; choose another --out")
+    stored = json.loads(stored_file.read_text(encoding="utf-8"))
+    if stored != identity:
+        changes = settings_changes(*({k: json.dumps(v, sort_keys=True) for k, v in d.items()}
+                                     for d in (stored, identity)))
+        raise ValueError(f"{out} holds a sweep with other settings ({'; '.join(changes)}); "
+                         "run the same command as before to continue it, or choose another --out")
+
+
+def _resume_command(out: Path) -> str:
+    """How to continue this sweep: the command line with ``--out``, or the API call."""
+    if sys.argv and Path(sys.argv[0]).name == "run_recbole_genair.py":
+        args = [a for a in sys.argv[1:] if not a.startswith("--out=")]
+        return shlex.join(["python", sys.argv[0], *args, f"--out={out}"])
+    return f"tune(..., out_dir={str(out)!r}) with the same arguments"
 
 
 @contextlib.contextmanager
@@ -553,4 +686,4 @@ def _evaluate_best(best_trial: dict, setup: dict, best_params: dict, out: Path) 
 
 
 __all__ = ["SearchSpace", "SweepReport", "parse_search_space", "load_search_space", "tune",
-           "genair_trial", "collect_trials", "write_report", "evaluate_checkpoint"]
+           "genair_trial", "collect_trials", "write_report", "evaluate_checkpoint", "sweep_identity"]

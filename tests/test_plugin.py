@@ -68,6 +68,12 @@ def test_unknown_dataset_is_one_line_error():
         build_config("SASRec", "NoSuchData", "base")
 
 
+def test_sweep_options_without_tune_are_refused(capsys):
+    import run_recbole_genair
+    assert run_recbole_genair.main(["--model=SASRec", "--out=somewhere", "--num_samples=2"]) == 2
+    assert "--num_samples, --out only work with --tune" in capsys.readouterr().err
+
+
 def test_fixed_negatives_are_deterministic_unseen_and_shared(fast_config):
     config = build_config("SASRec", "ml-100k", "base", config_dict=fast_config)
     dataset, _, _, trainer = prepare(config)

@@ -1,14 +1,19 @@
-"""Ray Tune sweeps: search-space parsing, validation-only selection, failed trials reported."""
+"""Ray Tune sweeps: search-space parsing, validation-only selection, failed trials reported,
+interrupted sweeps resumed."""
 from __future__ import annotations
 
 import csv
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 from recbole_genair.experiments import command_line_overrides, isolated_argv
 from recbole_genair.paths import PROPERTIES_DIR
-from recbole_genair.quick_start import build_config
+from recbole_genair.quick_start import build_config, run
 from recbole_genair.tune import (RUNNER_OPTIONS, load_search_space, parse_search_space,
                                  reproduce_command, tune)
 
@@ -89,3 +94,65 @@ def test_two_trial_sweep_reports_valid_metrics_and_the_failed_trial(fast_config,
     summary = (out / "summary.md").read_text(encoding="utf-8")
     assert "## Failed trials" in summary and "python run_recbole_genair.py" in summary
     assert json.loads((out / "best.json").read_text())["best"]["trial_id"] == ok["trial_id"]
+
+
+def test_interrupted_sweep_continues_its_trial_to_the_uninterrupted_numbers(fast_config, tmp_path):
+    """Ctrl-C after the trial's first epoch; the same call with the same out_dir resumes it.
+
+    The resumed trial must continue after its last reported epoch (no epoch trained or
+    reported twice) and report exactly the validation curve of an uninterrupted run.
+    """
+    epochs = 8
+    overrides = {**{k: v for k, v in fast_config.items() if k != "epochs"}, "state": "INFO"}
+    space = {"hidden_dropout_prob": {"grid": [0.2]}, "fixed": {"epochs": epochs, "eval_step": 1,
+                                                         "stopping_step": epochs},
+             "scheduler": {"type": "fifo"}}
+    out = tmp_path / "sweep"
+    call = (f"tune(model='SASRec', dataset='ml-100k', method='base', search_space={space!r}, "
+            f"overrides={overrides!r}, out_dir={str(out)!r}, max_concurrent=1, num_cpus=1, "
+            "evaluate_best=False)")
+    driver = subprocess.Popen([sys.executable, "-c", f"from recbole_genair.tune import tune; {call}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not list(out.glob("trial_*/checkpoint_*/progress.pth")):  # the first epoch is reported
+        assert driver.poll() is None, driver.stdout.read()
+        assert time.monotonic() < deadline, "no trial checkpoint within 300 s"
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGINT)
+    output, _ = driver.communicate(timeout=300)
+    assert driver.returncode == 0, output
+    assert "continue with: tune(" in output
+    with open(out / "trials.csv", encoding="utf-8") as fh:
+        (first_run,) = list(csv.DictReader(fh))
+    assert first_run["status"] == "unfinished" and not first_run["rank"]
+    assert 1 <= int(first_run["iterations"]) < epochs
+    assert "Continue the sweep with" in (out / "summary.md").read_text(encoding="utf-8")
+
+    report = tune(model="SASRec", dataset="ml-100k", method="base", search_space=space, overrides=overrides,
+                  out_dir=out, max_concurrent=1, num_cpus=1, evaluate_best=False)
+    (trial,) = report.trials
+    assert trial["status"] == "ok" and report.resume_command is None
+    history = [h for h in report.history if h["trial_id"] == trial["trial_id"]]
+    assert [h["training_iteration"] for h in history] == list(range(1, epochs + 1))
+    assert [h["epoch"] for h in history] == list(range(epochs))
+    logs = [p.read_text(encoding="utf-8") for p in (out / f"trial_{trial['trial_id']}").glob("log/**/*.log")]
+    assert len(logs) == 2 and sum("resumed from" in log for log in logs) == 1  # not trained again
+
+    with isolated_argv():
+        plain = run("SASRec", "ml-100k", "base", None,
+                    {**overrides, **space["fixed"], "hidden_dropout_prob": 0.2,
+                     "checkpoint_dir": str(tmp_path / "plain")})
+    assert [h["valid_ndcg@10"] for h in history] == pytest.approx(plain["valid_curve"], abs=1e-6)
+
+
+def test_a_sweep_directory_is_resumed_only_with_its_own_settings(tmp_path):
+    from recbole_genair.tune import check_same_sweep, sweep_identity
+    space = parse_search_space({"calibration_alpha": {"grid": [1e-4, 0.1]}})
+    setup = {"model": "SASRec", "dataset": "ml-100k", "method": "genair", "config_file_list": None,
+             "base": {"epochs": 3}, "cpus_per_trial": 1}
+    (tmp_path / "sweep.json").write_text(json.dumps(sweep_identity(setup, space, 1)), encoding="utf-8")
+    check_same_sweep(tmp_path, sweep_identity(setup, space, 1))
+    with pytest.raises(ValueError, match=r"other settings \(base: .*3.* → .*5"):
+        check_same_sweep(tmp_path, sweep_identity({**setup, "base": {"epochs": 5}}, space, 1))
+    with pytest.raises(ValueError, match="without sweep.json"):
+        check_same_sweep(tmp_path / "elsewhere", sweep_identity(setup, space, 1))
