@@ -449,8 +449,8 @@ def write_report(report: SweepReport, header: str) -> None:
                   "Best swept values under the full protocol (without the sweep's `fixed` settings):", "",
                   "    " + report.commands["protocol"], ""]
     elif report.resume_command:
-        lines += [f"Interrupted with {len(report.unfinished)} trial(s) unfinished; no best trial "
-                  "is chosen yet.  Continue the sweep with:", "", "    " + report.resume_command, ""]
+        lines += ["Interrupted before every trial ended; no best trial is chosen yet.  Continue the "
+                  "sweep with:", "", "    " + report.resume_command, ""]
     else:
         lines += ["No trial finished with a validation metric.", ""]
     if report.failed:
@@ -587,15 +587,17 @@ def tune(model: str = "SASRec", dataset: str = "ml-100k", method: str = "genair"
             ray.shutdown()
 
     trials, history = collect_trials(result_grid, space, metric, mode, frozenset(unfinished))
-    header = (f"# Sweep: {model} / {method} on {dataset}\n\n{len(trials)} trial(s), "
-              f"{sum(t['status'] == 'failed' for t in trials)} failed, {len(unfinished)} unfinished; "
-              f"search space {space.source}")
-    if unfinished:
+    not_started = max(n_trials - len(trials), 0)  # an interrupted sweep may not have created them yet
+    header = (f"# Sweep: {model} / {method} on {dataset}\n\n{n_trials} trial(s): "
+              f"{sum(t['status'] == 'ok' for t in trials)} finished, "
+              f"{sum(t['status'] == 'failed' for t in trials)} failed, {len(unfinished)} unfinished, "
+              f"{not_started} not started; search space {space.source}")
+    if unfinished or not_started:
         report = SweepReport(out_dir=out, metric=metric, mode=mode, trials=trials, history=history,
                              best=None, commands={}, resume_command=resume_command)
         write_report(report, header)
-        _say(f"interrupted with {len(unfinished)} trial(s) unfinished (their progress is kept); "
-             f"continue with: {resume_command}")
+        _say(f"interrupted with {len(unfinished)} trial(s) unfinished (their progress is kept) and "
+             f"{not_started} not started; continue with: {resume_command}")
         return report
     best_trial = next((t for t in trials if t["status"] == "ok"), None)
     commands, best = {}, None
