@@ -20,12 +20,17 @@ setuptools<81, pyarrow<20) so RecBole itself runs unmodified; what remains is:
 * **``get_model`` import side effects**: RecBole's lookup walks ``exlib_recommender``, which
   imports lightgbm/xgboost; :func:`recbole_builtin_model` looks only in the submodules that
   hold RecBole's PyTorch models.
+* **Directory races between processes**: RecBole creates ``./log/<model>/`` and the
+  checkpoint directory with check-then-``makedirs``; two runs started in the same moment
+  (two experiment processes on one ``--out``) crashed here with ``FileExistsError: './log/GRU4Rec'``.
+  :func:`init_logger` creates both with ``exist_ok`` before RecBole looks.
 """
 from __future__ import annotations
 
 import contextlib
 import importlib
 import importlib.util
+import os
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -87,3 +92,12 @@ def quiet_recbole_deprecations() -> None:
     for message, module in RECBOLE_DEPRECATIONS:
         warnings.filterwarnings("ignore", message=message, category=FutureWarning, module=module)
 
+
+
+def init_logger(config) -> None:
+    """RecBole's ``init_logger``, safe when several runs start at once (see the module notes)."""
+    from recbole.utils import init_logger as recbole_init_logger
+    os.makedirs(os.path.join("log", config["model"]), exist_ok=True)
+    if config["checkpoint_dir"]:
+        os.makedirs(config["checkpoint_dir"], exist_ok=True)
+    recbole_init_logger(config)

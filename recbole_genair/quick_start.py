@@ -13,9 +13,9 @@ from typing import Callable, Optional
 import torch
 from recbole.data import create_dataset as recbole_create_dataset
 from recbole.data import data_preparation
-from recbole.utils import get_environment, init_logger, init_seed, set_color
+from recbole.utils import get_environment, init_seed, set_color
 
-from recbole_genair.compat import load_checkpoint, quiet_recbole_deprecations
+from recbole_genair.compat import init_logger, load_checkpoint, quiet_recbole_deprecations
 from recbole_genair.config import Config
 from recbole_genair.paths import DATASET_DIR
 from recbole_genair.registry import UnknownChoiceError, model_class

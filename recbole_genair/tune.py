@@ -194,8 +194,9 @@ def trial_metrics(valid_result: dict, valid_score: float, epoch_idx: int, traine
 def genair_trial(params: dict, setup: dict) -> None:
     """Ray function trainable: one RecBole run reporting validation metrics each epoch."""
     from ray.air import Checkpoint, session
-    from recbole.utils import init_logger, init_seed
+    from recbole.utils import init_seed
 
+    from recbole_genair.compat import init_logger
     from recbole_genair.quick_start import prepare
 
     trial_dir = Path(session.get_trial_dir())

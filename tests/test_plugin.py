@@ -68,6 +68,29 @@ def test_unknown_dataset_is_one_line_error():
         build_config("SASRec", "NoSuchData", "base")
 
 
+def test_runs_starting_together_never_leave_recbole_to_create_shared_directories(
+        fast_config, tmp_path, monkeypatch):
+    """RecBole checks, then creates ``./log/<model>`` and the checkpoint directory; a second
+    run starting in between crashed with FileExistsError.  Our logger set-up creates both
+    first, so RecBole only ever finds them."""
+    import recbole.utils.logger
+    from recbole_genair.compat import init_logger
+
+    def racy_ensure_dir(path):  # the moment another process creates the same directory
+        if not os.path.exists(path):
+            os.makedirs(path)
+            raise FileExistsError(path)
+    monkeypatch.setattr(recbole.utils.logger, "ensure_dir", racy_ensure_dir)
+    monkeypatch.chdir(tmp_path)
+    config = build_config("GRU4Rec", "ml-100k", "base",
+                          config_dict={**fast_config, "checkpoint_dir": str(tmp_path / "shared" / "saved")})
+    with pytest.raises(FileExistsError):
+        recbole.utils.logger.init_logger(config)  # RecBole's own, as the crash happened
+    (tmp_path / "log").rmdir()  # the one directory RecBole got to create before the crash
+    init_logger(config)
+    assert (tmp_path / "log" / "GRU4Rec").is_dir() and (tmp_path / "shared" / "saved").is_dir()
+
+
 def test_sweep_options_without_tune_are_refused(capsys):
     import run_recbole_genair
     assert run_recbole_genair.main(["--model=SASRec", "--out=somewhere", "--num_samples=2"]) == 2
