@@ -17,9 +17,6 @@ import sys
 from recbole_genair.registry import BACKBONES, UnknownChoiceError, methods
 
 
-TUNE_OPTIONS = ("search_space", "num_samples", "max_concurrent", "ray_address", "out")
-
-
 def parse(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
@@ -40,6 +37,7 @@ def parse(argv=None):
 
 def main(argv=None) -> int:
     args, _recbole_overrides = parse(argv)  # RecBole reads its --key=value overrides from sys.argv
+    from recbole_genair.tune import TUNE_OPTIONS
     tune_only = [f"--{k}" for k in TUNE_OPTIONS if getattr(args, k) is not None]
     if tune_only and not args.tune:
         print(f"error: {', '.join(tune_only)} only work with --tune", file=sys.stderr)

@@ -20,10 +20,12 @@ setuptools<81, pyarrow<20) so RecBole itself runs unmodified; what remains is:
 * **``get_model`` import side effects**: RecBole's lookup walks ``exlib_recommender``, which
   imports lightgbm/xgboost; :func:`recbole_builtin_model` looks only in the submodules that
   hold RecBole's PyTorch models.
-* **Directory races between processes**: RecBole creates ``./log/<model>/`` and the
-  checkpoint directory with check-then-``makedirs``; two runs started in the same moment
-  (two experiment processes on one ``--out``) crashed here with ``FileExistsError: './log/GRU4Rec'``.
-  :func:`init_logger` creates both with ``exist_ok`` before RecBole looks.
+* **Directory races between processes**: RecBole creates ``./log/<model>/`` (its
+  ``init_logger``) and the checkpoint directory (its ``Trainer``) with check-then-``makedirs``;
+  two runs started in the same moment (two experiment processes on one ``--out``) crashed
+  here with ``FileExistsError: './log/GRU4Rec'``.  :func:`shared_dir` creates a directory
+  with ``exist_ok`` before RecBole looks: :func:`init_logger` for the log directory,
+  ``GenAIRTrainer`` for the checkpoint directory.
 """
 from __future__ import annotations
 
@@ -93,11 +95,13 @@ def quiet_recbole_deprecations() -> None:
         warnings.filterwarnings("ignore", message=message, category=FutureWarning, module=module)
 
 
+def shared_dir(path) -> None:
+    """Create ``path`` unless it exists, whoever else is creating it at the same moment."""
+    os.makedirs(path, exist_ok=True)
+
 
 def init_logger(config) -> None:
     """RecBole's ``init_logger``, safe when several runs start at once (see the module notes)."""
     from recbole.utils import init_logger as recbole_init_logger
-    os.makedirs(os.path.join("log", config["model"]), exist_ok=True)
-    if config["checkpoint_dir"]:
-        os.makedirs(config["checkpoint_dir"], exist_ok=True)
+    shared_dir(os.path.join("log", config["model"]))
     recbole_init_logger(config)

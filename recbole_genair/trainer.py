@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from recbole.trainer import Trainer
 
-from recbole_genair.compat import load_checkpoint, trusted_checkpoints
+from recbole_genair.compat import load_checkpoint, shared_dir, trusted_checkpoints
 
 
 def fixed_negatives(dataset, n_neg: int, seed: int) -> torch.Tensor:
@@ -70,6 +70,7 @@ class GenAIRTrainer(Trainer):
     """RecBole's ``Trainer`` with fixed sampled negatives and torch>=2.6 checkpoint loading."""
 
     def __init__(self, config, model):
+        shared_dir(config["checkpoint_dir"])  # before RecBole's check-then-create (compat notes)
         super().__init__(config, model)
         self.eval_negatives: Optional[torch.Tensor] = None
         self.epoch_seconds: list[float] = []           # wall time of each training epoch

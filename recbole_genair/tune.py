@@ -69,8 +69,8 @@ from recbole_genair.registry import UnknownChoiceError, model_class
 SPEC_KINDS = ("grid", "choice", "loguniform", "uniform")
 SCHEDULER_KEYS = {"type", "grace_period", "reduction_factor", "max_t", "brackets"}
 # Options of run_recbole_genair.py itself; every other --key=value is a RecBole setting.
-RUNNER_OPTIONS = {"model", "dataset", "method", "config_files", "tune", "search_space",
-                  "num_samples", "max_concurrent", "ray_address", "out"}
+TUNE_OPTIONS = ("search_space", "num_samples", "max_concurrent", "ray_address", "out")  # --tune only
+RUNNER_OPTIONS = {"model", "dataset", "method", "config_files", "tune", *TUNE_OPTIONS}
 # Settings holding file paths: made absolute on the driver, since trials run elsewhere.
 PATH_KEYS = ("data_path", "archetype_feature_file")
 # Settings a trial always chooses itself; left out of the reproduce commands.
@@ -481,9 +481,9 @@ def _init_ray(ray_address: Optional[str], num_cpus: Optional[int]) -> bool:
     else:
         # Trials' RecBole logs stay in their trial directories (log_to_driver=False);
         # the Tune status table and error files report progress and failures.  Ray runs its
-        # workers at nice 15; next to other busy processes that starved trials here (an
-        # ml-100k epoch took 80 s in a trial, 3.3 s in-process, beside two training jobs), so
-        # trials compete on equal terms with the machine's other work.
+        # workers at nice 15; with every core busy that made a trial's epoch 19x slower than
+        # in-process (bench/bench_ray_niceness.py), so trials compete on equal terms with the
+        # machine's other work.
         ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
                  _system_config={"worker_niceness": 0})
     return True

@@ -73,6 +73,7 @@ def test_runs_starting_together_never_leave_recbole_to_create_shared_directories
     """RecBole checks, then creates ``./log/<model>`` and the checkpoint directory; a second
     run starting in between crashed with FileExistsError.  Our logger set-up creates both
     first, so RecBole only ever finds them."""
+    import recbole.trainer.trainer
     import recbole.utils.logger
     from recbole_genair.compat import init_logger
 
@@ -81,6 +82,7 @@ def test_runs_starting_together_never_leave_recbole_to_create_shared_directories
             os.makedirs(path)
             raise FileExistsError(path)
     monkeypatch.setattr(recbole.utils.logger, "ensure_dir", racy_ensure_dir)
+    monkeypatch.setattr(recbole.trainer.trainer, "ensure_dir", racy_ensure_dir)
     monkeypatch.chdir(tmp_path)
     config = build_config("GRU4Rec", "ml-100k", "base",
                           config_dict={**fast_config, "checkpoint_dir": str(tmp_path / "shared" / "saved")})
@@ -88,6 +90,7 @@ def test_runs_starting_together_never_leave_recbole_to_create_shared_directories
         recbole.utils.logger.init_logger(config)  # RecBole's own, as the crash happened
     (tmp_path / "log").rmdir()  # the one directory RecBole got to create before the crash
     init_logger(config)
+    _, _, _, trainer = prepare(config)  # GenAIRTrainer: RecBole's Trainer checks its checkpoint_dir
     assert (tmp_path / "log" / "GRU4Rec").is_dir() and (tmp_path / "shared" / "saved").is_dir()
 
 

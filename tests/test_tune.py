@@ -121,7 +121,8 @@ def test_interrupted_sweep_continues_its_trial_to_the_uninterrupted_numbers(fast
     driver.send_signal(signal.SIGINT)
     output, _ = driver.communicate(timeout=300)
     assert driver.returncode == 0, output
-    assert "continue with: tune(" in output
+    assert "interrupted with 1 trial(s) unfinished (their progress is kept) and 0 not started; " \
+           "continue with: tune(" in output
     with open(out / "trials.csv", encoding="utf-8") as fh:
         (first_run,) = list(csv.DictReader(fh))
     assert first_run["status"] == "unfinished" and not first_run["rank"]
