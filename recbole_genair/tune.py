@@ -61,6 +61,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from recbole_genair.cluster import init_ray
 from recbole_genair.experiments import command_line_overrides, isolated_argv, settings_changes
 from recbole_genair.paths import PROPERTIES_DIR, read_yaml
 from recbole_genair.quick_start import build_config
@@ -471,24 +472,6 @@ def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
 
 
 # --------------------------------------------------------------------------- driver
-def _init_ray(ray_address: Optional[str], num_cpus: Optional[int]) -> bool:
-    """Connect to ``ray_address`` or start a local Ray; True when this call started it."""
-    import ray
-    if ray.is_initialized():
-        return False
-    if ray_address:
-        ray.init(address=ray_address, log_to_driver=False)
-    else:
-        # Trials' RecBole logs stay in their trial directories (log_to_driver=False);
-        # the Tune status table and error files report progress and failures.  Ray runs its
-        # workers at nice 15; with every core busy that made a trial's epoch 19x slower than
-        # in-process (bench/bench_ray_niceness.py), so trials compete on equal terms with the
-        # machine's other work.
-        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
-                 _system_config={"worker_niceness": 0})
-    return True
-
-
 def _scheduler(options: dict, max_t: int):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     options = dict(options)
@@ -564,7 +547,7 @@ def tune(model: str = "SASRec", dataset: str = "ml-100k", method: str = "genair"
 
     trainable = ray_tune.with_resources(ray_tune.with_parameters(genair_trial, setup=setup),
                                         {"cpu": cpus_per_trial})
-    started = _init_ray(ray_address, num_cpus)
+    started = init_ray(ray_address, num_cpus)
     try:
         if resuming:
             tuner = ray_tune.Tuner.restore(str(out), trainable=trainable, resume_unfinished=True,

@@ -267,6 +267,24 @@ def test_interrupted_run_resumes_to_byte_identical_features(reference_run, tmp_p
             == (reference_run / "ml-100k" / "ml-100k.archetype").read_bytes())
 
 
+def test_ray_workers_compute_and_the_driver_commits_the_same_features(reference_run, tmp_path, monkeypatch):
+    """--ray_address: batches run in Ray actors holding the LLM; the driver loads no weights."""
+    ray = pytest.importorskip("ray")
+    root = _small_dataset(tmp_path)
+    monkeypatch.setattr(pipeline, "_WORKER", {})  # whatever loads a model in this process lands here
+    monkeypatch.setattr(pipeline, "_DRIVER", {})
+    job = _job(root)
+    job.ray_address = "local"  # one actor: without Ray the job would run in this process
+    summary = pipeline.run(job)
+    assert summary["generated_now"] == N_ITEMS
+    assert pipeline._WORKER == {}, "the model ran in the driver process, not in the Ray actors"
+    assert next(pipeline._DRIVER["llm"].model.parameters()).is_meta
+    assert not ray.is_initialized()  # the Ray it started is shut down
+    assert len(list((root / "ml-100k" / "archetypes" / "cache").glob("*/batch_*.npz"))) == N_ITEMS // 2
+    assert ((root / "ml-100k" / "ml-100k.archetype").read_bytes()
+            == (reference_run / "ml-100k" / "ml-100k.archetype").read_bytes())
+
+
 def test_other_settings_never_mix_into_the_cache(reference_run):
     job = _job(reference_run)
     job.generation = pipeline.GenerationSettings(max_new_tokens=3)

@@ -45,6 +45,13 @@ def main(argv=None) -> int:
                              "machine (as fast as one process with <cores> threads when idle; "
                              "bench/RESULTS.md)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--ray_address", default=None, metavar="ADDR",
+                        help="run the --workers as Ray actors (each loads the LLM; one GPU each on "
+                             "cuda) on the Ray cluster at ADDR, or on a Ray started here with "
+                             "`local`; the package must be installed on every node (pass "
+                             "--device=cuda when the workers have GPUs and this machine has none); "
+                             "results come back to this process, which commits them batch by batch "
+                             "and loads no weights itself")
     parser.add_argument("--do_sample", action="store_true", help="sample instead of greedy decoding")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top_p", type=float, default=1.0)
@@ -68,6 +75,7 @@ def main(argv=None) -> int:
     dtype = args.dtype or ("float32" if device == "cpu" else "float16")
     job = ArchetypeJob(dataset=args.dataset, llm=args.llm, batch_size=args.batch_size, pca=args.pca,
                        device=device, workers=args.workers, threads=args.threads, limit=args.limit,
+                       ray_address=args.ray_address,
                        generation=GenerationSettings(max_new_tokens=args.max_new_tokens,
                                                      do_sample=args.do_sample, temperature=args.temperature,
                                                      top_p=args.top_p, seed=args.seed, dtype=dtype))

@@ -102,9 +102,15 @@ def stop_token_ids(tokenizer, model) -> List[int]:
     return sorted(ids)
 
 
-def load_llm(name: str = DEFAULT_LLM, device: str = "cpu", dtype: Optional[str] = None) -> LoadedLLM:
-    """Load tokenizer and model (``local_files_only`` unless the id is not on disk)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_llm(name: str = DEFAULT_LLM, device: str = "cpu", dtype: Optional[str] = None,
+             weights: bool = True) -> LoadedLLM:
+    """Load tokenizer and model (``local_files_only`` unless the id is not on disk).
+
+    ``weights=False`` builds the model's structure on the ``meta`` device without reading or
+    allocating weights: enough for the tokenizer, the stop tokens and :meth:`LoadedLLM.identity`
+    on a driver whose workers (Ray actors) run the model.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     source, gguf_file = resolve_llm(name)
     torch_dtype = {None: None, "float32": torch.float32, "float16": torch.float16,
@@ -114,10 +120,19 @@ def load_llm(name: str = DEFAULT_LLM, device: str = "cpu", dtype: Optional[str] 
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs)
+        if weights:
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs)
+            model.to(device).eval()
+        else:
+            config = AutoConfig.from_pretrained(source, **kwargs)
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(config)
+            try:  # the checkpoint's own stop tokens (e.g. Llama 3 lists two), as a full load reads them
+                model.generation_config = GenerationConfig.from_pretrained(source, **kwargs)
+            except OSError:
+                pass  # no generation_config.json: the one derived from the model config stays
     except OSError as exc:
         raise LLMNotFoundError(f"cannot load LLM {name!r} from {source!r}: {exc}") from exc
-    model.to(device).eval()
     pad_id = tokenizer.pad_token_id
     if pad_id is None:
         pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0

@@ -13,6 +13,11 @@ Outputs, for data set ``NAME`` in ``dataset/NAME/``:
   ``item_id:token`` with ``prefill_emb:float_seq`` and ``decoding_emb:float_seq`` (PCA of each,
   Eq. 7), which the GenAIR data set aligns to RecBole's internal ids by token;
 * ``NAME.cooc.npz`` — item co-occurrence counts in users' training sequences (Eq. 10).
+
+Where the LLM runs: in this process (``workers=1``), in spawned processes (``workers=N``), or
+in Ray actors on a cluster or a local Ray (``ray_address``).  Workers only compute and return
+results; this process commits every batch as it arrives (:class:`ShardStore`), so a kill loses
+only the batches in flight and no disk is shared with the workers.
 """
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ from tqdm import tqdm
 from recbole_genair.archetypes.extract import generate_and_embed, teacher_forced
 from recbole_genair.archetypes.llm import DEFAULT_LLM, LoadedLLM, encode_prompts, load_llm
 from recbole_genair.archetypes.prompt import PromptSpec, build_prompt, check_fields, read_item_file
-from recbole_genair.archetypes.store import ShardStore, atomic_write_text, make_shard, settings_key
+from recbole_genair.archetypes.store import Shard, ShardStore, atomic_write_text, make_shard, settings_key
 from recbole_genair.paths import DATASET_DIR, dataset_properties
 
 logger = logging.getLogger(__name__)
@@ -70,6 +75,7 @@ class ArchetypeJob:
     device: str = "cpu"
     workers: int = 1
     threads: int = 1
+    ray_address: Optional[str] = None  # Ray workers: a cluster's address, or "local"
     dataset_dir: Path = DATASET_DIR
     limit: Optional[int] = None   # only the first N items (smoke runs); final files are not written
 
@@ -124,6 +130,31 @@ def _job_llm(job: ArchetypeJob) -> LoadedLLM:
     return _WORKER["llm"]
 
 
+_DRIVER: dict = {}
+
+
+def _driver_llm(job: ArchetypeJob) -> LoadedLLM:
+    """What the driver needs of the LLM: tokenizer, stop tokens, identity.
+
+    When workers run the model (spawned processes or Ray actors) the driver builds it without
+    weights (``load_llm(weights=False)``), so a driver without the workers' GPU or memory can
+    run the job; otherwise the driver is the worker and loads it whole.
+    """
+    if not (job.ray_address or job.workers > 1):
+        return _job_llm(job)
+    if _DRIVER.get("key") != job.llm:
+        _DRIVER["llm"], _DRIVER["key"] = load_llm(job.llm, weights=False), job.llm
+    return _DRIVER["llm"]
+
+
+def _teacher_force_batch(task) -> tuple:
+    """``(key, prefill, decoding)`` of prompts + given generated ids, in one forward pass."""
+    key, prompt_ids, generated = task
+    llm: LoadedLLM = _WORKER["llm"]
+    pre, dec = teacher_forced(llm.model, prompt_ids, generated, llm.pad_id)
+    return key, pre.numpy(), dec.numpy()
+
+
 def _extract(llm: LoadedLLM, prompt_ids, gen: GenerationSettings, seed: int):
     generator = None
     if gen.do_sample:
@@ -133,11 +164,14 @@ def _extract(llm: LoadedLLM, prompt_ids, gen: GenerationSettings, seed: int):
                               temperature=gen.temperature, top_p=gen.top_p, generator=generator)
 
 
-def _run_batch(task) -> tuple[int, int, List[str]]:
-    """Extract one batch and commit it as a shard; failing items are retried one by one."""
-    store_root, settings, batch_no, tokens, prompt_ids, gen = task
+def _run_batch(task) -> tuple[int, Shard, List[str]]:
+    """Extract one batch: ``(batch_no, shard, failed tokens)``; failing items are retried one by one.
+
+    Workers only compute; the driver commits each returned shard (:func:`run`), so workers
+    need no access to the driver's disk (Ray workers on other machines).
+    """
+    batch_no, tokens, prompt_ids, gen = task
     llm: LoadedLLM = _WORKER["llm"]
-    store = ShardStore(store_root, settings)
     seed = gen.seed + batch_no
     rows, failed = [], {}
     try:
@@ -167,8 +201,7 @@ def _run_batch(task) -> tuple[int, int, List[str]]:
                        np.stack([k[1].numpy() for k in keep]) if keep else np.zeros((0, h), np.float32),
                        [len(prompt_ids[i]) for i in keep_rows], [k[2] for k in keep],
                        [k[3] for k in keep], failed)
-    store.write(batch_no, shard)
-    return batch_no, len(keep_rows), list(failed)
+    return batch_no, shard, list(failed)
 
 
 # --- driver -----------------------------------------------------------------------------
@@ -186,29 +219,29 @@ def run(job: ArchetypeJob) -> dict:
     if job.limit:
         tokens, prompts = tokens[:job.limit], prompts[:job.limit]
     logger.info("loading LLM %s", job.llm)
-    llm = _job_llm(job)
+    llm = _driver_llm(job)
     prompt_ids = encode_prompts(llm.tokenizer, prompts)
     settings = job_settings(job, llm, spec)
     cache_root = job.data_dir / "archetypes" / "cache"
     store = ShardStore(cache_root, settings)
     done = store.done_tokens()
-    done |= seed_from_texts(job, store, tokens, prompt_ids, llm, done)
+    done |= seed_from_texts(job, store, tokens, prompt_ids, done)
     batches = plan_batches(tokens, prompt_ids, job.batch_size)
     tasks = []
     for b, rows in enumerate(batches):
         todo = [i for i in rows if tokens[i] not in done]
         if todo:
-            tasks.append((cache_root, settings, b, [tokens[i] for i in todo],
-                          [prompt_ids[i] for i in todo], job.generation))
-    remaining = sum(len(t[3]) for t in tasks)
+            tasks.append((b, [tokens[i] for i in todo], [prompt_ids[i] for i in todo], job.generation))
+    remaining = sum(len(t[1]) for t in tasks)
     logger.info("cache %s: %d/%d items done, %d to go", store.dir, len(tokens) - remaining, len(tokens), remaining)
     failed: List[str] = []
     t0 = time.time()
     with tqdm(total=len(tokens), initial=len(tokens) - remaining, desc=f"archetypes {job.dataset}",
               unit="item", dynamic_ncols=True) as bar:
-        for _, n_ok, bad in _map(job, _run_batch, tasks):
+        for batch_no, shard, bad in _map(job, _run_batch, tasks):
+            store.write(batch_no, shard)  # committed as it arrives: a kill loses only batches in flight
             failed += bad
-            bar.update(n_ok + len(bad))
+            bar.update(len(shard.tokens) + len(bad))
     elapsed = time.time() - t0
     results, failures = store.collect()
     missing = [t for t in tokens if t not in results]
@@ -279,7 +312,7 @@ def export_texts(job: ArchetypeJob) -> dict:
     """
     spec = prompt_spec_for(job.dataset)
     tokens, _ = load_prompts(job, spec)
-    llm = _job_llm(job)
+    llm = _driver_llm(job)
     settings = job_settings(job, llm, spec)
     store = ShardStore(job.data_dir / "archetypes" / "cache", settings)
     results, _ = store.collect()
@@ -288,8 +321,7 @@ def export_texts(job: ArchetypeJob) -> dict:
     return {"exported": len(done), "items": len(tokens), "texts": str(texts_path(job.data_dir, job.dataset))}
 
 
-def seed_from_texts(job: ArchetypeJob, store: ShardStore, tokens, prompt_ids, llm: LoadedLLM,
-                    done: set) -> set:
+def seed_from_texts(job: ArchetypeJob, store: ShardStore, tokens, prompt_ids, done: set) -> set:
     """Fill the cache from a texts file made with the same settings (teacher forcing, no generation)."""
     path = texts_path(job.data_dir, job.dataset)
     meta_file = meta_path(job.data_dir, job.dataset)
@@ -305,11 +337,13 @@ def seed_from_texts(job: ArchetypeJob, store: ShardStore, tokens, prompt_ids, ll
         return set()
     todo = [index[t] for t in records]
     chunks = [todo[s:s + job.batch_size] for s in range(0, len(todo), job.batch_size)]
-    for n, rows in enumerate(tqdm(chunks, desc="archetypes from committed texts", unit="batch")):
-        gen = [records[tokens[i]]["generated_ids"] for i in rows]
-        pre, dec = teacher_forced(llm.model, [prompt_ids[i] for i in rows], gen, llm.pad_id)
-        shard = make_shard([tokens[i] for i in rows], pre.numpy(), dec.numpy(),
-                           [len(prompt_ids[i]) for i in rows], gen,
+    tasks = [(n, [prompt_ids[i] for i in rows], [records[tokens[i]]["generated_ids"] for i in rows])
+             for n, rows in enumerate(chunks)]
+    for n, pre, dec in tqdm(_map(job, _teacher_force_batch, tasks), total=len(tasks),
+                            desc="archetypes from committed texts", unit="batch"):
+        rows = chunks[n]
+        shard = make_shard([tokens[i] for i in rows], pre, dec, [len(prompt_ids[i]) for i in rows],
+                           [records[tokens[i]]["generated_ids"] for i in rows],
                            [records[tokens[i]]["stopped"] for i in rows])
         store.write(f"t{n:06d}", shard)
     return set(records)
@@ -343,7 +377,7 @@ def verify_texts(job: ArchetypeJob, sample: Optional[int] = None, seed: int = 0)
     if not (path.is_file() and meta_file.is_file()):
         raise ArchetypeError(f"{path} (and its .meta.json) not found: nothing to verify")
     records = read_texts(path)
-    llm = _job_llm(job)
+    llm = _driver_llm(job)
     settings = job_settings(job, llm, spec)
     recorded = json.loads(meta_file.read_text()).get("settings", {})
     diff = _settings_diff(json.loads(json.dumps(recorded, default=str)),
@@ -376,14 +410,59 @@ def verify_texts(job: ArchetypeJob, sample: Optional[int] = None, seed: int = 0)
 
 
 def _map(job: ArchetypeJob, fn, tasks):
-    """``fn`` over ``tasks`` in this process or in ``job.workers`` spawned workers (unordered)."""
+    """``fn`` over ``tasks``, results in completion order.
+
+    In this process (one worker), in ``job.workers`` spawned processes, or — with
+    ``job.ray_address`` — in ``job.workers`` Ray actors, each holding the LLM, on a running Ray
+    cluster or a local Ray (``"local"``).
+    """
+    if job.ray_address:
+        yield from _map_ray(job, fn, tasks)
+        return
     if job.workers <= 1 or len(tasks) <= 1:
+        _job_llm(job)  # this process is the worker
         yield from map(fn, tasks)
         return
     ctx = mp.get_context("spawn")
     with ctx.Pool(job.workers, initializer=_init_worker,
                   initargs=(job.llm, job.device, job.generation.dtype, job.threads)) as pool:
         yield from pool.imap_unordered(fn, tasks)
+
+
+class _RayWorker:
+    """A Ray actor that loads the job's LLM once and runs batches on it."""
+
+    def __init__(self, llm: str, device: str, dtype: str, threads: int):
+        _init_worker(llm, device, dtype, threads)
+
+    def run(self, fn, task):
+        return fn(task)
+
+
+def _map_ray(job: ArchetypeJob, fn, tasks):
+    """``fn`` over ``tasks`` on ``job.workers`` Ray actors (one GPU each on CUDA).
+
+    The package must be importable on every node (as for Tune sweeps); workers only compute
+    and return their results, which the driver commits, so no shared disk is needed.
+    """
+    if not tasks:
+        return
+    import ray
+    from ray.util import ActorPool
+
+    from recbole_genair.cluster import init_ray
+
+    started = init_ray(job.ray_address, None)
+    try:
+        resources = {"num_cpus": job.threads, "num_gpus": 1 if job.device.startswith("cuda") else 0}
+        actor = ray.remote(**resources)(_RayWorker)
+        workers = [actor.remote(job.llm, job.device, job.generation.dtype, job.threads)
+                   for _ in range(max(1, min(job.workers, len(tasks))))]
+        pool = ActorPool(workers)
+        yield from pool.map_unordered(lambda worker, task: worker.run.remote(fn, task), tasks)
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def reduce_pca(matrix: np.ndarray, pca: float, seed: int = 0) -> tuple[np.ndarray, dict]:
@@ -446,7 +525,7 @@ def rebuild_from_texts(job: ArchetypeJob) -> dict:
     missing = [t for t in tokens if t not in records]
     if missing:
         raise ArchetypeError(f"{path}: no archetype for {len(missing)} items, e.g. {missing[:10]}")
-    llm = _job_llm(job)
+    llm = _driver_llm(job)
     prompt_ids = encode_prompts(llm.tokenizer, prompts)
     for t, ids in zip(tokens, prompt_ids):
         if len(ids) != records[t]["n_prompt"]:
@@ -455,10 +534,12 @@ def rebuild_from_texts(job: ArchetypeJob) -> dict:
     settings = job_settings(job, llm, spec)
     pre = np.zeros((len(tokens), llm.hidden_size), np.float32)
     dec = np.zeros_like(pre)
-    for rows in tqdm(plan_batches(tokens, prompt_ids, job.batch_size), desc="teacher-forced", unit="batch"):
-        p, d = teacher_forced(llm.model, [prompt_ids[i] for i in rows],
-                              [records[tokens[i]]["generated_ids"] for i in rows], llm.pad_id)
-        pre[rows], dec[rows] = p.numpy(), d.numpy()
+    batches = plan_batches(tokens, prompt_ids, job.batch_size)
+    tasks = [(n, [prompt_ids[i] for i in rows], [records[tokens[i]]["generated_ids"] for i in rows])
+             for n, rows in enumerate(batches)]
+    for n, p, d in tqdm(_map(job, _teacher_force_batch, tasks), total=len(tasks), desc="teacher-forced",
+                        unit="batch"):
+        pre[batches[n]], dec[batches[n]] = p, d
     info = write_features(job, tokens, pre, dec, settings)
     info.update(write_cooccurrence(job))
     return info
