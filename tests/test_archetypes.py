@@ -285,6 +285,16 @@ def test_ray_workers_compute_and_the_driver_commits_the_same_features(reference_
             == (reference_run / "ml-100k" / "ml-100k.archetype").read_bytes())
 
 
+def test_a_ray_worker_that_dies_ends_the_run_with_an_error_that_says_how_to_continue(tmp_path):
+    import os
+    ray = pytest.importorskip("ray")
+    job = _job(tmp_path)
+    job.ray_address = "local"
+    with pytest.raises(pipeline.ArchetypeError, match="Ray worker failed.*run the same command again"):
+        list(pipeline._map_ray(job, os._exit, [1]))  # the actor's process exits mid-task
+    assert not ray.is_initialized()
+
+
 def test_other_settings_never_mix_into_the_cache(reference_run):
     job = _job(reference_run)
     job.generation = pipeline.GenerationSettings(max_new_tokens=3)

@@ -430,12 +430,13 @@ def _map(job: ArchetypeJob, fn, tasks):
 
 
 class _RayWorker:
-    """A Ray actor that loads the job's LLM once and runs batches on it."""
+    """A Ray actor that loads the job's LLM once, at its first batch, and runs batches on it."""
 
     def __init__(self, llm: str, device: str, dtype: str, threads: int):
-        _init_worker(llm, device, dtype, threads)
+        self.model_args = (llm, device, dtype, threads)
 
     def run(self, fn, task):
+        _init_worker(*self.model_args)  # loads once; later calls find it loaded
         return fn(task)
 
 
@@ -443,11 +444,14 @@ def _map_ray(job: ArchetypeJob, fn, tasks):
     """``fn`` over ``tasks`` on ``job.workers`` Ray actors (one GPU each on CUDA).
 
     The package must be importable on every node (as for Tune sweeps); workers only compute
-    and return their results, which the driver commits, so no shared disk is needed.
+    and return their results, which the driver commits, so no shared disk is needed.  A worker
+    that dies (lost node, out of memory) or raises ends the run with :class:`ArchetypeError`;
+    what was committed stays, and the same command continues.
     """
     if not tasks:
         return
     import ray
+    from ray.exceptions import RayError
     from ray.util import ActorPool
 
     from recbole_genair.cluster import init_ray
@@ -459,7 +463,13 @@ def _map_ray(job: ArchetypeJob, fn, tasks):
         workers = [actor.remote(job.llm, job.device, job.generation.dtype, job.threads)
                    for _ in range(max(1, min(job.workers, len(tasks))))]
         pool = ActorPool(workers)
-        yield from pool.map_unordered(lambda worker, task: worker.run.remote(fn, task), tasks)
+        try:
+            yield from pool.map_unordered(lambda worker, task: worker.run.remote(fn, task), tasks)
+        except RayError as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ArchetypeError(f"a Ray worker failed ({type(exc).__name__}: {reason}); every batch "
+                                 f"finished before it is committed: run the same command again to "
+                                 f"continue") from exc
     finally:
         if started:
             ray.shutdown()
