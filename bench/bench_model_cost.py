@@ -283,6 +283,8 @@ def main() -> None:
                         help="ranking loss of every variant (BPR: one sampled negative per positive)")
     parser.add_argument("--max_len", type=int, default=0,
                         help="MAX_ITEM_LIST_LENGTH (0: the properties' value)")
+    parser.add_argument("--projector_dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="GenAIR's projector_dtype (bfloat16: the projector under bf16 autocast)")
     parser.add_argument("--synthetic", action="store_true",
                         help="time random features of ml-100k's PCA sizes instead of the data set's real file")
     args = parser.parse_args()
@@ -297,7 +299,7 @@ def main() -> None:
              "eval_negatives": 0, "checkpoint_dir": str(Path(tmp.name) / "saved"), "loss_type": args.loss_type}
     if args.max_len:
         extra["MAX_ITEM_LIST_LENGTH"] = args.max_len
-    genair_extra: dict = {}
+    genair_extra: dict = {"projector_dtype": args.projector_dtype}
     real_file = DATASET_DIR / args.dataset / f"{args.dataset}.archetype"
     if not real_file.exists() and not args.synthetic:
         parser.error(f"{real_file} does not exist: run `python -m recbole_genair.archetypes "

@@ -172,6 +172,22 @@ def test_bpr_step_projects_only_looked_up_rows_with_the_same_loss_and_gradients(
     assert torch.all(rows[0, 0] == 0)
 
 
+def test_projector_dtype_bfloat16_runs_the_projector_in_bf16_and_returns_a_float32_table(fast_config):
+    _, _, fp32, _ = _prepare(fast_config, "SASRec")
+    _, _, bf16, _ = _prepare(fast_config, "SASRec", projector_dtype="bfloat16")
+    bf16.load_state_dict(fp32.state_dict())  # same weights: only the projector's precision differs
+    a, b = fp32.item_embedding.project(), bf16.item_embedding.project()
+    assert b.dtype == torch.float32
+    assert not torch.equal(a, b), "the bf16 path computed exactly the float32 table"
+    cos = torch.nn.functional.cosine_similarity(a[1:], b[1:], dim=-1)
+    assert cos.min() > 0.999
+    assert torch.all(b[0] == 0)
+    b.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in bf16.item_embedding.projector.parameters())
+    with pytest.raises(ValueError, match="projector_dtype must be one of float32, bfloat16"):
+        _prepare(fast_config, "SASRec", projector_dtype="float16")
+
+
 @pytest.mark.parametrize("backbone", ["SASRec", "BERT4Rec"])
 def test_item_table_norm_l2_gives_unit_item_rows_on_both_paths(backbone, fast_config):
     _, (train, _, _), model, _ = _prepare(fast_config, backbone, item_table_norm="l2")

@@ -15,6 +15,7 @@ prefill), ``[prefill]`` (without decoding), ``calibration_alpha: 0`` (without ca
 """
 from __future__ import annotations
 
+import torch
 from recbole.model.sequential_recommender import BERT4Rec, GRU4Rec, SASRec
 
 from recbole_genair.data.cooccurrence import normalized_scores
@@ -38,7 +39,7 @@ class GenAIRMixin(FeatureModelMixin):
             layers=int(config["projector_layers"]),
             width=int(width * original.embedding_dim) if width else None,
             dropout=float(config["projector_dropout"] or 0.0),
-            unit_rows=self.unit_item_rows(config))
+            unit_rows=self.unit_item_rows(config), autocast_dtype=self.projector_dtype(config))
         self.calibration_alpha = float(config["calibration_alpha"] or 0.0)
         self.calibration = None
         if self.calibration_alpha > 0:
@@ -53,6 +54,14 @@ class GenAIRMixin(FeatureModelMixin):
         if norm not in ("none", "l2"):
             raise ValueError(f"item_table_norm must be one of none, l2; got {norm!r}")
         return norm == "l2"
+
+    @staticmethod
+    def projector_dtype(config):
+        name = str(config["projector_dtype"] or "float32")
+        dtypes = {"float32": None, "bfloat16": torch.bfloat16}
+        if name not in dtypes:
+            raise ValueError(f"projector_dtype must be one of {', '.join(dtypes)}; got {name!r}")
+        return dtypes[name]
 
     def auxiliary_loss(self, interaction):
         """``α·L_cal`` on the batch's distinct target items (inside the training step's table)."""

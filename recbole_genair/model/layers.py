@@ -10,6 +10,9 @@ their own ``forward``/``calculate_loss``/``predict``/``full_sort_predict`` uncha
   (BERT4Rec's mask token).
 * ``unit_rows`` (not in the paper; ``item_table_norm: l2``): each projected item row is
   scaled to length 1, so an item's score can no longer grow with its row's norm.
+* ``autocast_dtype`` (not in the paper; ``projector_dtype: bfloat16``): the projector runs under
+  ``torch.autocast`` in that dtype and its output is cast back to float32 — a cheaper
+  whole-table projection per CE step on hardware with native bf16.
 * Training: within :meth:`step` the table is projected once and shared by every use in
   that step (sequence inputs and output scoring).  A *sparse* step (sampled ranking losses
   such as BPR, which score only the batch's positives and negatives) projects only the rows
@@ -123,7 +126,8 @@ class ArchetypeItemEmbedding(CachedTable):
     """Frozen features → MLP projector, used like ``nn.Embedding``."""
 
     def __init__(self, features: torch.Tensor, embedding_dim: int, n_extra: int = 0, layers: int = 2,
-                 width: Optional[int] = None, dropout: float = 0.0, unit_rows: bool = False):
+                 width: Optional[int] = None, dropout: float = 0.0, unit_rows: bool = False,
+                 autocast_dtype: Optional[torch.dtype] = None):
         super().__init__()
         if features.dim() != 2:
             raise ValueError(f"features must be [n_items, d], got {tuple(features.shape)}")
@@ -135,6 +139,7 @@ class ArchetypeItemEmbedding(CachedTable):
         self.register_buffer("feature_fingerprint", self._fingerprint(self.features))
         self.projector = make_projector(features.shape[1], embedding_dim, layers, width, dropout)
         self.unit_rows = bool(unit_rows)
+        self.autocast_dtype = autocast_dtype  # e.g. bfloat16: the projector's matmuls in low precision
         self.extra = nn.Parameter(torch.randn(n_extra, embedding_dim) * 0.02) if n_extra else None
         row_mask = torch.ones(self.num_items, 1)
         row_mask[0] = 0.0
@@ -159,7 +164,12 @@ class ArchetypeItemEmbedding(CachedTable):
     compute_table = project
 
     def _project(self, features: torch.Tensor) -> torch.Tensor:
-        rows = self.projector(features)
+        if self.autocast_dtype is None:
+            rows = self.projector(features)
+        else:
+            with torch.autocast(device_type=features.device.type, dtype=self.autocast_dtype):
+                rows = self.projector(features)
+            rows = rows.float()
         return F.normalize(rows, dim=-1) if self.unit_rows else rows
 
     def compute_rows(self, ids: torch.Tensor) -> torch.Tensor:
