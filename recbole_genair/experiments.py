@@ -74,6 +74,10 @@ NON_RESULT_KEYS = frozenset({"seed", "show_progress", "state", "checkpoint_dir",
 LOCATION_KEYS = frozenset({"data_path", "archetype_feature_file", "config_files", "device", "gpu_id", "use_gpu",
                            "local_rank", "single_spec", "nproc", "world_size", "offset", "ip", "port", "worker",
                            "eval_batch_size", "loss_decimal_place"})
+# Settings added after results were recorded, with the value that reproduces those results:
+# at that value a key is left out of the resolved settings, so cells recorded before it
+# existed stay current (and keep their progress files); any other value is a change.
+NEUTRAL_NEW_KEYS = {"projector_dtype": "float32"}
 # Options of this module's command line; every other --key=value is a RecBole setting.
 # Training bookkeeping of quick_start.run kept in each record; runs.csv shows all but the curve.
 TRAINING_COLUMNS = ("epochs_run", "best_epoch", "median_epoch_seconds")
@@ -156,10 +160,12 @@ def data_files(config) -> list[Path]:
 
 def resolved_settings(config) -> dict:
     """``{key: repr(value)}`` of a cell's final configuration (every YAML layer resolved),
-    without :data:`NON_RESULT_KEYS` and :data:`LOCATION_KEYS`, plus ``data:<file name>`` →
+    without :data:`NON_RESULT_KEYS`, :data:`LOCATION_KEYS` and :data:`NEUTRAL_NEW_KEYS` at their
+    neutral values, plus ``data:<file name>`` →
     SHA-1 of each of :func:`data_files` (``missing`` if absent)."""
     skip = NON_RESULT_KEYS | LOCATION_KEYS
-    settings = {k: repr(v) for k, v in config.final_config_dict.items() if k not in skip}
+    settings = {k: repr(v) for k, v in config.final_config_dict.items()
+                if k not in skip and not (k in NEUTRAL_NEW_KEYS and v == NEUTRAL_NEW_KEYS[k])}
     for path in data_files(config):
         stat = path.stat() if path.is_file() else None
         settings[f"data:{path.name}"] = _file_sha1(str(path), stat.st_size, stat.st_mtime_ns) if stat else "missing"
