@@ -155,6 +155,14 @@ def _teacher_force_batch(task) -> tuple:
     return key, pre.numpy(), dec.numpy()
 
 
+def _teacher_force_batches(job: ArchetypeJob, batches, prompt_ids, generated, desc: str):
+    """``(n, rows, prefill, decoding)`` for each batch ``n`` of row indices, teacher-forced on the
+    job's workers (completion order); ``generated[i]`` holds row ``i``'s generated ids."""
+    tasks = [(n, [prompt_ids[i] for i in rows], [generated[i] for i in rows]) for n, rows in enumerate(batches)]
+    for n, pre, dec in tqdm(_map(job, _teacher_force_batch, tasks), total=len(tasks), desc=desc, unit="batch"):
+        yield n, batches[n], pre, dec
+
+
 def _extract(llm: LoadedLLM, prompt_ids, gen: GenerationSettings, seed: int):
     generator = None
     if gen.do_sample:
@@ -337,14 +345,11 @@ def seed_from_texts(job: ArchetypeJob, store: ShardStore, tokens, prompt_ids, do
         return set()
     todo = [index[t] for t in records]
     chunks = [todo[s:s + job.batch_size] for s in range(0, len(todo), job.batch_size)]
-    tasks = [(n, [prompt_ids[i] for i in rows], [records[tokens[i]]["generated_ids"] for i in rows])
-             for n, rows in enumerate(chunks)]
-    for n, pre, dec in tqdm(_map(job, _teacher_force_batch, tasks), total=len(tasks),
-                            desc="archetypes from committed texts", unit="batch"):
-        rows = chunks[n]
+    generated = {i: records[tokens[i]]["generated_ids"] for i in todo}
+    for n, rows, pre, dec in _teacher_force_batches(job, chunks, prompt_ids, generated,
+                                                    "archetypes from committed texts"):
         shard = make_shard([tokens[i] for i in rows], pre, dec, [len(prompt_ids[i]) for i in rows],
-                           [records[tokens[i]]["generated_ids"] for i in rows],
-                           [records[tokens[i]]["stopped"] for i in rows])
+                           [generated[i] for i in rows], [records[tokens[i]]["stopped"] for i in rows])
         store.write(f"t{n:06d}", shard)
     return set(records)
 
@@ -544,12 +549,10 @@ def rebuild_from_texts(job: ArchetypeJob) -> dict:
     settings = job_settings(job, llm, spec)
     pre = np.zeros((len(tokens), llm.hidden_size), np.float32)
     dec = np.zeros_like(pre)
-    batches = plan_batches(tokens, prompt_ids, job.batch_size)
-    tasks = [(n, [prompt_ids[i] for i in rows], [records[tokens[i]]["generated_ids"] for i in rows])
-             for n, rows in enumerate(batches)]
-    for n, p, d in tqdm(_map(job, _teacher_force_batch, tasks), total=len(tasks), desc="teacher-forced",
-                        unit="batch"):
-        pre[batches[n]], dec[batches[n]] = p, d
+    generated = [records[t]["generated_ids"] for t in tokens]
+    for _, rows, p, d in _teacher_force_batches(job, plan_batches(tokens, prompt_ids, job.batch_size),
+                                                prompt_ids, generated, "teacher-forced"):
+        pre[rows], dec[rows] = p, d
     info = write_features(job, tokens, pre, dec, settings)
     info.update(write_cooccurrence(job))
     return info
