@@ -176,7 +176,16 @@ def test_projector_dtype_bfloat16_runs_the_projector_in_bf16_and_returns_a_float
     _, _, fp32, _ = _prepare(fast_config, "SASRec")
     _, _, bf16, _ = _prepare(fast_config, "SASRec", projector_dtype="bfloat16")
     bf16.load_state_dict(fp32.state_dict())  # same weights: only the projector's precision differs
+    seen = []  # (module type, input dtype, output dtype) of every projector module
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append((type(m), i[0].dtype, o.dtype)))
+             for m in bf16.item_embedding.projector]
     a, b = fp32.item_embedding.project(), bf16.item_embedding.project()
+    for h in hooks:
+        h.remove()
+    # the Linear maps compute in bf16; LayerNorm and GELU get and give float32 (in bf16 the
+    # LayerNorm's parameter gradients, sums over every item row, came out ~10 % off)
+    assert [o for t, _, o in seen if t is torch.nn.Linear] == [torch.bfloat16] * 2
+    assert {(i, o) for t, i, o in seen if t is not torch.nn.Linear} == {(torch.float32, torch.float32)}
     assert b.dtype == torch.float32
     assert not torch.equal(a, b), "the bf16 path computed exactly the float32 table"
     cos = torch.nn.functional.cosine_similarity(a[1:], b[1:], dim=-1)

@@ -10,9 +10,10 @@ their own ``forward``/``calculate_loss``/``predict``/``full_sort_predict`` uncha
   (BERT4Rec's mask token).
 * ``unit_rows`` (not in the paper; ``item_table_norm: l2``): each projected item row is
   scaled to length 1, so an item's score can no longer grow with its row's norm.
-* ``autocast_dtype`` (not in the paper; ``projector_dtype: bfloat16``): the projector runs under
-  ``torch.autocast`` in that dtype and its output is cast back to float32 — a cheaper
-  whole-table projection per CE step on hardware with native bf16.
+* ``autocast_dtype`` (not in the paper; ``projector_dtype: bfloat16``): the projector's Linear
+  maps run under ``torch.autocast`` in that dtype, everything between them (LayerNorm, GELU)
+  and the output in float32 — a cheaper whole-table projection per CE step on hardware with
+  native bf16.
 * Training: within :meth:`step` the table is projected once and shared by every use in
   that step (sequence inputs and output scoring).  A *sparse* step (sampled ranking losses
   such as BPR, which score only the batch's positives and negatives) projects only the rows
@@ -167,9 +168,18 @@ class ArchetypeItemEmbedding(CachedTable):
         if self.autocast_dtype is None:
             rows = self.projector(features)
         else:
-            with torch.autocast(device_type=features.device.type, dtype=self.autocast_dtype):
-                rows = self.projector(features)
-            rows = rows.float()
+            # Only the Linear maps run in low precision; LayerNorm and GELU stay float32.
+            # Under autocast of the whole projector, LayerNorm runs in bf16 and its weight/bias
+            # gradients (a sum over every item row) come out ~10 % off, which measurably hurt
+            # training (bench/RESULTS.md, "The projector under bfloat16").
+            rows = features
+            for module in self.projector:
+                if isinstance(module, nn.Linear):
+                    with torch.autocast(device_type=rows.device.type, dtype=self.autocast_dtype):
+                        rows = module(rows)
+                    rows = rows.float()
+                else:
+                    rows = module(rows)
         return F.normalize(rows, dim=-1) if self.unit_rows else rows
 
     def compute_rows(self, ids: torch.Tensor) -> torch.Tensor:
