@@ -284,7 +284,7 @@ def main() -> None:
     parser.add_argument("--max_len", type=int, default=0,
                         help="MAX_ITEM_LIST_LENGTH (0: the properties' value)")
     parser.add_argument("--projector_dtype", default="float32", choices=("float32", "bfloat16"),
-                        help="GenAIR's projector_dtype (bfloat16: the projector under bf16 autocast)")
+                        help="GenAIR's projector_dtype (bfloat16: the projector's Linear maps in bf16)")
     parser.add_argument("--synthetic", action="store_true",
                         help="time random features of ml-100k's PCA sizes instead of the data set's real file")
     args = parser.parse_args()

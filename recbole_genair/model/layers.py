@@ -170,8 +170,8 @@ class ArchetypeItemEmbedding(CachedTable):
         else:
             # Only the Linear maps run in low precision; LayerNorm and GELU stay float32.
             # Under autocast of the whole projector, LayerNorm runs in bf16 and its weight/bias
-            # gradients (a sum over every item row) come out ~10 % off, which measurably hurt
-            # training (bench/RESULTS.md, "The projector under bfloat16").
+            # gradients (a sum over every item row) come out 10-18 % off, which measurably hurt
+            # training (bench/RESULTS.md, "The projector in bfloat16").
             rows = features
             for module in self.projector:
                 if isinstance(module, nn.Linear):
