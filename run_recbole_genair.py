@@ -36,8 +36,14 @@ def parse(argv=None):
 
 
 def main(argv=None) -> int:
-    args, _recbole_overrides = parse(argv)  # RecBole reads its --key=value overrides from sys.argv
+    args, rest = parse(argv)
+    from recbole_genair.config import command_line_overrides
     from recbole_genair.tune import TUNE_OPTIONS
+    try:
+        overrides = command_line_overrides(rest)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     tune_only = [f"--{k}" for k in TUNE_OPTIONS if getattr(args, k) is not None]
     if tune_only and not args.tune:
         print(f"error: {', '.join(tune_only)} only work with --tune", file=sys.stderr)
@@ -48,10 +54,12 @@ def main(argv=None) -> int:
             from recbole_genair.tune import tune
             tune(model=args.model, dataset=args.dataset, method=args.method, config_file_list=files,
                  search_space=args.search_space, num_samples=args.num_samples,
-                 max_concurrent=args.max_concurrent, ray_address=args.ray_address, out_dir=args.out)
+                 max_concurrent=args.max_concurrent, ray_address=args.ray_address, overrides=overrides,
+                 out_dir=args.out)
         else:
             from recbole_genair.quick_start import run
-            run(model=args.model, dataset=args.dataset, method=args.method, config_file_list=files)
+            run(model=args.model, dataset=args.dataset, method=args.method, config_file_list=files,
+                config_dict=overrides)
     except UnknownChoiceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

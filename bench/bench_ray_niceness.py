@@ -36,11 +36,9 @@ def busy() -> None:
 
 
 def one_epoch(data_path: str, checkpoint_dir: str) -> float:
-    from recbole_genair.experiments import isolated_argv
     from recbole_genair.quick_start import run
-    with isolated_argv():
-        result = run("SASRec", "ml-100k", "base", None,
-                     {**SETTINGS, "data_path": data_path, "checkpoint_dir": checkpoint_dir}, saved=False)
+    result = run("SASRec", "ml-100k", "base", None,
+                 {**SETTINGS, "data_path": data_path, "checkpoint_dir": checkpoint_dir}, saved=False)
     return float(result["median_epoch_seconds"])
 
 

@@ -9,8 +9,13 @@ Layers, lowest priority first:
 3. ``properties/model/<Backbone>.yaml`` — per-backbone defaults (paper sizes);
 4. ``properties/method/<method>.yaml`` — per-method defaults (GenAIR, baselines);
 5. ``properties/dataset/<Dataset>.yaml`` — fields, lengths, prompt field map;
-6. the user's ``config_file_list``, ``config_dict`` and ``--key=value`` command line
-   (RecBole's own order: command line > dict > files).
+6. the user's ``config_file_list`` and ``config_dict`` (dict > files, as in RecBole).
+
+Unlike RecBole's ``Config``, this one does not read ``sys.argv`` unless asked
+(``command_line=True``): a script's own options, pytest's or a Ray worker's
+(``--node-ip-address=...``) would otherwise leak into the configuration, ranked above
+``config_dict``.  The command-line tools turn their ``--key=value`` arguments into
+``config_dict`` with :func:`command_line_overrides`.
 
 Data sets converted into the project's ``dataset/`` folder are read from there, also for
 ``ml-100k`` (which RecBole would otherwise force to its bundled copy).
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterable
 
 from recbole.config import Config as RecBoleConfig
 from recbole.utils import ModelType
@@ -60,8 +66,43 @@ def plugin_layers(model_class, dataset: str) -> list[Path]:
                         PROPERTIES_DIR / "dataset" / f"{dataset}.yaml") if p.is_file()]
 
 
+def command_line_overrides(args: Iterable[str], exclude: Iterable[str] = ()) -> dict:
+    """RecBole settings from ``--key=value`` arguments, converted as RecBole converts them.
+
+    ``exclude``: a tool's own option names, skipped.  An argument that is not ``--key=value``
+    with exactly one ``=`` raises ``ValueError`` (RecBole would log a warning and drop it, so
+    ``--epochs 5`` would silently train the default number of epochs).
+    """
+    exclude = set(exclude)
+    out: dict = {}
+    bad = [arg for arg in args if not arg.startswith("--") or len(arg[2:].split("=")) != 2]
+    if bad:
+        raise ValueError(f"unrecognised argument(s) {bad}; RecBole settings are given as --key=value")
+    for arg in args:
+        key, value = arg[2:].split("=")
+        if key in exclude:
+            continue
+        if key in out and out[key] != value:
+            raise ValueError(f"--{key} given twice with different values")
+        out[key] = value
+    # RecBole's own str -> value conversion; it reads no instance state.
+    return RecBoleConfig._convert_config_dict(None, out)
+
+
 class Config(RecBoleConfig):
-    """RecBole ``Config`` that knows this package's models, YAML layers and data folder."""
+    """RecBole ``Config`` that knows this package's models, YAML layers and data folder.
+
+    ``command_line=True`` also reads ``--key=value`` from ``sys.argv`` as RecBole does (above
+    ``config_dict``); by default only the arguments are read (see the module doc).
+    """
+
+    def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None,
+                 command_line: bool = False):
+        self.command_line = command_line
+        super().__init__(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+
+    def _load_cmd_line(self):
+        return super()._load_cmd_line() if self.command_line else {}
 
     def _get_model_and_dataset(self, model, dataset):
         if model is None:

@@ -40,7 +40,6 @@ GenAIR's seeds vs the best baseline's seeds) — and ``runs.csv`` (one row per r
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import functools
 import hashlib
@@ -53,8 +52,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from recbole.config import Config as RecBoleConfig
 
+from recbole_genair.config import command_line_overrides
 from recbole_genair.data.dataset import default_feature_file
 from recbole_genair.quick_start import build_config, run
 from recbole_genair.registry import BACKBONES, UnknownChoiceError, methods as registered_methods
@@ -88,45 +87,6 @@ RUNNER_OPTIONS = frozenset({"dataset", "methods", "models", "seeds", "config_fil
 
 def _say(message: str) -> None:
     print(f"[experiments] {message}", file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------- command line
-def command_line_overrides(args: Iterable[str], exclude: Iterable[str] = ()) -> dict:
-    """RecBole's reading of ``--key=value`` arguments (same rule, same value conversion).
-
-    Arguments that are not ``--key=value`` with exactly one ``=`` are ignored, as RecBole
-    ignores them; keys in ``exclude`` are a runner's own options.
-    """
-    exclude = set(exclude)
-    out: dict = {}
-    for arg in args:
-        if not arg.startswith("--") or len(arg[2:].split("=")) != 2:
-            continue
-        key, value = arg[2:].split("=")
-        if key in exclude:
-            continue
-        if key in out and out[key] != value:
-            raise ValueError(f"--{key} given twice with different values")
-        out[key] = value
-    # RecBole's own str -> value conversion; it reads no instance state.
-    return RecBoleConfig._convert_config_dict(None, out)
-
-
-@contextlib.contextmanager
-def isolated_argv():
-    """Hide ``sys.argv`` from RecBole's ``Config`` for the block.
-
-    RecBole reads every ``--key=value`` of ``sys.argv`` and ranks it above ``config_dict``:
-    a runner's own options (``--seeds=3``), pytest's, or a Ray worker's
-    (``--node-ip-address=...``) would leak into the configuration, and a command-line
-    ``--seed`` would override each cell's seed.  Runners pass settings as ``config_dict``.
-    """
-    saved = sys.argv
-    sys.argv = saved[:1]
-    try:
-        yield
-    finally:
-        sys.argv = saved
 
 
 # --------------------------------------------------------------------------- resume store
@@ -174,8 +134,7 @@ def resolved_settings(config) -> dict:
 
 def cell_settings(dataset: str, model: str, method: str, config_file_list, overrides: dict) -> dict:
     """:func:`resolved_settings` of one (backbone, method) cell, as the runner would configure it."""
-    with isolated_argv():
-        return resolved_settings(build_config(model, dataset, method, config_file_list, dict(overrides)))
+    return resolved_settings(build_config(model, dataset, method, config_file_list, dict(overrides)))
 
 
 def progress_file(out: Path, model: str, method: str, seed: int, settings: dict) -> Path:
@@ -241,8 +200,7 @@ class Outcome:
 def base_seed(dataset, model, method, config_file_list, overrides) -> int:
     if "seed" in overrides:
         return int(overrides["seed"])
-    with isolated_argv():
-        return int(build_config(model, dataset, method, config_file_list, dict(overrides))["seed"])
+    return int(build_config(model, dataset, method, config_file_list, dict(overrides))["seed"])
 
 
 def run_experiments(dataset: str, models: Sequence[str] = BACKBONES, methods: Optional[Sequence[str]] = None,
@@ -312,9 +270,8 @@ def run_experiments(dataset: str, models: Sequence[str] = BACKBONES, methods: Op
         if progress.is_file():
             _say(f"[{index}/{len(todo)}] resuming from {progress}")
         try:
-            with isolated_argv():
-                result = run(model=model, dataset=dataset, method=method, config_file_list=files,
-                             config_dict={**settings, "seed": seed, "progress_file": str(progress)}, saved=True)
+            result = run(model=model, dataset=dataset, method=method, config_file_list=files,
+                         config_dict={**settings, "seed": seed, "progress_file": str(progress)}, saved=True)
         except Exception as exc:  # one failed cell must not lose the others; it is reported
             error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
             _say(f"[{index}/{len(todo)}] {model} / {method} / seed {seed} FAILED: {error}")
@@ -581,12 +538,12 @@ def parse(argv=None) -> tuple[argparse.Namespace, dict]:
     parser.add_argument("--full_ranking", action="store_true",
                         help="also write table2_full.md: the saved checkpoints re-ranked against every item")
     args, rest = parser.parse_known_args(argv)
-    bad = [a for a in rest if not a.startswith("--") or len(a[2:].split("=")) != 2]
-    if bad:
-        parser.error(f"unrecognised argument(s) {bad}; RecBole settings are given as --key=value")
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
-    return args, command_line_overrides(rest, exclude=RUNNER_OPTIONS)
+    try:
+        return args, command_line_overrides(rest, exclude=RUNNER_OPTIONS)
+    except ValueError as exc:
+        parser.error(str(exc))
 
 
 def _split(text: Optional[str]) -> Optional[list[str]]:

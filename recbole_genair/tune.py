@@ -62,7 +62,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from recbole_genair.cluster import init_ray
-from recbole_genair.experiments import command_line_overrides, isolated_argv, settings_changes
+from recbole_genair.experiments import settings_changes
 from recbole_genair.paths import PROPERTIES_DIR, read_yaml
 from recbole_genair.quick_start import build_config
 from recbole_genair.registry import UnknownChoiceError, model_class
@@ -71,7 +71,6 @@ SPEC_KINDS = ("grid", "choice", "loguniform", "uniform")
 SCHEDULER_KEYS = {"type", "grace_period", "reduction_factor", "max_t", "brackets"}
 # Options of run_recbole_genair.py itself; every other --key=value is a RecBole setting.
 TUNE_OPTIONS = ("search_space", "num_samples", "max_concurrent", "ray_address", "out")  # --tune only
-RUNNER_OPTIONS = {"model", "dataset", "method", "config_files", "tune", *TUNE_OPTIONS}
 # Settings holding file paths: made absolute on the driver, since trials run elsewhere.
 PATH_KEYS = ("data_path", "archetype_feature_file")
 # Settings a trial always chooses itself; left out of the reproduce commands.
@@ -206,9 +205,8 @@ def genair_trial(params: dict, setup: dict) -> None:
     config_dict = {**setup["base"], **params,
                    "checkpoint_dir": str(trial_dir / "saved"), "progress_file": str(progress),
                    "torch_threads": setup["cpus_per_trial"], "show_progress": False}
-    with isolated_argv():  # the Ray worker's own --node-ip-address=... must not reach RecBole
-        config = build_config(setup["model"], setup["dataset"], setup["method"],
-                              setup["config_file_list"], config_dict)
+    # build_config reads no sys.argv: the Ray worker's own --node-ip-address=... stays out.
+    config = build_config(setup["model"], setup["dataset"], setup["method"], setup["config_file_list"], config_dict)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)  # ./log/ inside the trial directory (Ray's working directory)
     _, (train_data, valid_data, _test_unused), _, trainer = prepare(config)
@@ -492,9 +490,9 @@ def tune(model: str = "SASRec", dataset: str = "ml-100k", method: str = "genair"
     """Run a sweep; see the module docstring.
 
     ``search_space``: a YAML path, a mapping in the same format, or ``None`` for
-    ``properties/tune/<method>.yaml``.  ``overrides``: RecBole settings for every trial;
-    ``None`` reads the ``--key=value`` arguments of the command line (as RecBole does), minus
-    ``run_recbole_genair.py``'s own options.  ``num_cpus`` sizes a local Ray (default: all
+    ``properties/tune/<method>.yaml``.  ``overrides``: RecBole settings for every trial
+    (``run_recbole_genair.py`` passes its ``--key=value`` arguments here; ``sys.argv`` is not
+    read).  ``num_cpus`` sizes a local Ray (default: all
     cores); ``cpus_per_trial`` is each trial's reservation and torch thread count.
     ``out_dir``: the sweep's directory (default ``ray_results/<dataset>-<model>-<method>-<time>``);
     one holding an interrupted sweep of the same settings is resumed.
@@ -510,8 +508,7 @@ def tune(model: str = "SASRec", dataset: str = "ml-100k", method: str = "genair"
         space = parse_search_space(search_space)
     else:
         space = load_search_space(search_space)
-    if overrides is None:
-        overrides = command_line_overrides(sys.argv[1:], exclude=RUNNER_OPTIONS)
+    overrides = dict(overrides or {})
     clash = set(space.params) & set(overrides)
     if clash:
         raise ValueError(f"{sorted(clash)} swept by {space.source} and also set on the command line")
@@ -519,8 +516,7 @@ def tune(model: str = "SASRec", dataset: str = "ml-100k", method: str = "genair"
     base = _absolute_paths({**space.fixed, **overrides})
 
     # Fail fast on the driver (unknown model/method/data set, broken YAML) before Ray starts.
-    with isolated_argv():
-        config = build_config(model, dataset, method, files, base)
+    config = build_config(model, dataset, method, files, base)
     metric = "valid_" + config["valid_metric"].lower()
     mode = "max" if config["valid_metric_bigger"] else "min"
     unknown = [k for k in space.params if k not in config.final_config_dict]
@@ -661,9 +657,8 @@ def _evaluate_best(best_trial: dict, setup: dict, best_params: dict, out: Path) 
         from recbole_genair.quick_start import run
         _say("best trial's checkpoint is not on this machine; re-running its configuration")
         config_dict = {**setup["base"], **best_params, "checkpoint_dir": str(out / "best" / "saved")}
-        with isolated_argv():
-            result = run(setup["model"], setup["dataset"], setup["method"], setup["config_file_list"],
-                         config_dict, saved=True)
+        result = run(setup["model"], setup["dataset"], setup["method"], setup["config_file_list"],
+                     config_dict, saved=True)
         return {"valid_result": result["best_valid_result"], "test_result": result["test_result"],
                 "source": "re-run of the best configuration"}
     except Exception as exc:  # the sweep's results are still written; the failure is shown

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -98,6 +99,27 @@ def test_sweep_options_without_tune_are_refused(capsys):
     import run_recbole_genair
     assert run_recbole_genair.main(["--model=SASRec", "--out=somewhere", "--num_samples=2"]) == 2
     assert "--num_samples, --out only work with --tune" in capsys.readouterr().err
+    assert run_recbole_genair.main(["--model=SASRec", "--epochs", "5"]) == 2  # would train the default epochs
+    assert "unrecognised argument(s) ['--epochs', '5']" in capsys.readouterr().err
+
+
+def test_the_cli_passes_its_settings_and_the_python_api_reads_no_command_line(monkeypatch, fast_config):
+    """RecBole's Config reads every --key=value of sys.argv, above config_dict; ours only when asked."""
+    import run_recbole_genair
+    from recbole_genair import quick_start
+    monkeypatch.setattr(sys, "argv", ["some_script.py", "--epochs=99", "--seed=5", "--variants=a,b"])
+    config = build_config("SASRec", "ml-100k", "base", config_dict=fast_config)
+    assert config["epochs"] == fast_config["epochs"] != 99 and config["seed"] != 5
+    assert "variants" not in config.final_config_dict
+    recbole_style = Config(model="SASRec", dataset="ml-100k", config_dict=fast_config, command_line=True)
+    assert recbole_style["epochs"] == 99 and recbole_style["seed"] == 5
+
+    seen = {}
+    monkeypatch.setattr(quick_start, "run", lambda **kwargs: seen.update(kwargs))
+    assert run_recbole_genair.main(["--model=GRU4Rec", "--method=base", "--epochs=3", "--learning_rate=0.01",
+                                    "--genair_features=['prefill']"]) == 0
+    assert seen["model"] == "GRU4Rec" and seen["method"] == "base"
+    assert seen["config_dict"] == {"epochs": 3, "learning_rate": 0.01, "genair_features": ["prefill"]}
 
 
 def test_fixed_negatives_are_deterministic_unseen_and_shared(fast_config):

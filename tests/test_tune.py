@@ -11,11 +11,10 @@ import time
 
 import pytest
 
-from recbole_genair.experiments import command_line_overrides, isolated_argv
+from recbole_genair.config import command_line_overrides
 from recbole_genair.paths import PROPERTIES_DIR
 from recbole_genair.quick_start import build_config, run
-from recbole_genair.tune import (RUNNER_OPTIONS, load_search_space, parse_search_space,
-                                 reproduce_command, tune)
+from recbole_genair.tune import load_search_space, parse_search_space, reproduce_command, tune
 
 
 def test_search_space_format_and_errors():
@@ -36,8 +35,7 @@ def test_search_space_format_and_errors():
 def test_shipped_search_spaces_sweep_known_keys_and_genair_is_the_paper_grid(data_root):
     for method in ("genair", "base", "llminit", "rlmrec", "alphafuse", "llmesr", "llmemb"):
         space = load_search_space(PROPERTIES_DIR / "tune" / f"{method}.yaml")
-        with isolated_argv():
-            config = build_config("SASRec", "ml-100k", method, config_dict={"data_path": str(data_root)})
+        config = build_config("SASRec", "ml-100k", method, config_dict={"data_path": str(data_root)})
         assert [k for k in space.params if k not in config.final_config_dict] == [], method
     genair = load_search_space(PROPERTIES_DIR / "tune" / "genair.yaml")
     assert genair.params["calibration_alpha"] == ("grid", [1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 1e-1])
@@ -45,11 +43,16 @@ def test_shipped_search_spaces_sweep_known_keys_and_genair_is_the_paper_grid(dat
     assert genair.grid_size == 42
 
 
-def test_command_line_overrides_skip_runner_options_and_convert_values():
-    argv = ["--tune", "--model=SASRec", "--method=genair", "--search_space=s.yaml", "--epochs=5",
-            "--learning_rate=0.01", "--genair_features=['prefill']", "--loss_type=CE", "-m", "x"]
-    assert command_line_overrides(argv, exclude=RUNNER_OPTIONS) == {
+def test_command_line_overrides_skip_runner_options_convert_values_and_refuse_strays():
+    argv = ["--model=SASRec", "--method=genair", "--search_space=s.yaml", "--epochs=5",
+            "--learning_rate=0.01", "--genair_features=['prefill']", "--loss_type=CE"]
+    assert command_line_overrides(argv, exclude={"model", "method", "search_space"}) == {
         "epochs": 5, "learning_rate": 0.01, "genair_features": ["prefill"], "loss_type": "CE"}
+    for stray in (["--epochs", "5"], ["--tune"], ["--a=b=c"]):
+        with pytest.raises(ValueError, match="unrecognised argument"):
+            command_line_overrides(["--seed=1", *stray])
+    with pytest.raises(ValueError, match="given twice"):
+        command_line_overrides(["--seed=1", "--seed=2"])
     command = reproduce_command("SASRec", "ml-100k", "base", None,
                                 {"epochs": 5, "genair_features": ["prefill"], "checkpoint_dir": "/x"})
     assert "--epochs=5" in command and "'--genair_features=['\"'\"'prefill'\"'\"']'" in command
@@ -139,10 +142,8 @@ def test_interrupted_sweep_continues_its_trial_to_the_uninterrupted_numbers(fast
     logs = [p.read_text(encoding="utf-8") for p in (out / f"trial_{trial['trial_id']}").glob("log/**/*.log")]
     assert len(logs) == 2 and sum("resumed from" in log for log in logs) == 1  # not trained again
 
-    with isolated_argv():
-        plain = run("SASRec", "ml-100k", "base", None,
-                    {**overrides, **space["fixed"], "hidden_dropout_prob": 0.2,
-                     "checkpoint_dir": str(tmp_path / "plain")})
+    plain = run("SASRec", "ml-100k", "base", None,
+                {**overrides, **space["fixed"], "hidden_dropout_prob": 0.2, "checkpoint_dir": str(tmp_path / "plain")})
     assert [h["valid_ndcg@10"] for h in history] == pytest.approx(plain["valid_curve"], abs=1e-6)
 
 
