@@ -652,16 +652,22 @@ def _amazon2014_meta_row(obj: dict, path: Path, lineno: int) -> tuple:
             _as_float(obj.get("price")), _text(obj.get("brand")), _text(obj.get("description")))
 
 
-def read_amazon2014(reviews: Path, meta: Path, progress: bool = False) -> Converted:
-    """McAuley 2014 review 5-core + metadata: kept whole, each user's reviews sorted by
-    ``unixReviewTime`` (stable), the real timestamps written."""
-    _require_file(Path(meta))
+def _amazon_review_log(reviews: Path, progress: bool) -> InteractionLog:
+    """(reviewerID, asin, unixReviewTime) of an Amazon review file (2014 and 2018 share the keys)."""
     log = InteractionLog()
-    for lineno, obj in _json_objects(Path(reviews), progress):
+    for lineno, obj in _json_objects(reviews, progress):
         log.add(_get(obj, "reviewerID", reviews, lineno), _get(obj, "asin", reviews, lineno),
                 _get(obj, "unixReviewTime", reviews, lineno, kind=float))
     if not len(log):
         raise DatasetFormatError(reviews, "no reviews")
+    return log
+
+
+def read_amazon2014(reviews: Path, meta: Path, progress: bool = False) -> Converted:
+    """McAuley 2014 review 5-core + metadata: kept whole, each user's reviews sorted by
+    ``unixReviewTime`` (stable), the real timestamps written."""
+    _require_file(Path(meta))
+    log = _amazon_review_log(Path(reviews), progress)
     inter = _inter_from_rows(chronological(log))
     rows = _read_meta(Path(meta), set(log.item_index), progress, True,
                       _amazon2014_meta_row, "asin")
@@ -688,12 +694,7 @@ def _amazon2018_meta_row(obj: dict, path: Path, lineno: int) -> tuple:
 def read_amazon2018(reviews: Path, meta: Path, progress: bool = False) -> Converted:
     """Amazon 2018 reviews + metadata with the LLM-ESR preprocessing (:func:`llmesr_filter`)."""
     _require_file(Path(meta))
-    log = InteractionLog()
-    for lineno, obj in _json_objects(Path(reviews), progress):
-        log.add(_get(obj, "reviewerID", reviews, lineno), _get(obj, "asin", reviews, lineno),
-                _get(obj, "unixReviewTime", reviews, lineno, kind=float))
-    if not len(log):
-        raise DatasetFormatError(reviews, "no reviews")
+    log = _amazon_review_log(Path(reviews), progress)
     inter = _inter_from_rows(llmesr_filter(log))
     wanted = {row[1] for row in inter.rows}
     rows = _read_meta(Path(meta), wanted, progress, False, _amazon2018_meta_row, "asin")
