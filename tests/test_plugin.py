@@ -120,6 +120,11 @@ def test_the_cli_passes_its_settings_and_the_python_api_reads_no_command_line(mo
                                     "--genair_features=['prefill']"]) == 0
     assert seen["model"] == "GRU4Rec" and seen["method"] == "base"
     assert seen["config_dict"] == {"epochs": 3, "learning_rate": 0.01, "genair_features": ["prefill"]}
+    from recbole_genair import tune
+    swept = {}
+    monkeypatch.setattr(tune, "tune", lambda **kwargs: swept.update(kwargs))
+    assert run_recbole_genair.main(["--tune", "--model=SASRec", "--num_samples=2", "--epochs=2"]) == 0
+    assert swept["overrides"] == {"epochs": 2} and swept["num_samples"] == 2
 
 
 def test_fixed_negatives_are_deterministic_unseen_and_shared(fast_config):
