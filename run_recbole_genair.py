@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from recbole_genair.registry import BACKBONES, UnknownChoiceError, methods
+from recbole_genair.registry import ABLATIONS, BACKBONES, UsageError, methods
 
 
 def parse(argv=None):
@@ -22,7 +22,9 @@ def parse(argv=None):
                                      allow_abbrev=False)
     parser.add_argument("--model", "-m", default="SASRec", help=f"backbone: {', '.join(BACKBONES)}")
     parser.add_argument("--dataset", "-d", default="ml-100k", help="a data set prepared under dataset/")
-    parser.add_argument("--method", default="genair", help=f"item representation: {', '.join(methods())}")
+    parser.add_argument("--method", default="genair",
+                        help=f"item representation: {', '.join(methods())}; "
+                             f"paper Table 3 ablations: {', '.join(ABLATIONS)}")
     parser.add_argument("--config_files", default=None, help="space-separated YAML files")
     parser.add_argument("--tune", action="store_true", help="Ray Tune hyperparameter search")
     parser.add_argument("--search_space", default=None, help="YAML search space (default: properties/tune/<method>.yaml)")
@@ -60,7 +62,7 @@ def main(argv=None) -> int:
             from recbole_genair.quick_start import run
             run(model=args.model, dataset=args.dataset, method=args.method, config_file_list=files,
                 config_dict=overrides)
-    except UnknownChoiceError as exc:
+    except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -36,6 +36,9 @@ Outputs in ``DIR`` (default ``saved/experiments/<dataset>``, git-ignored):
 mean ± std (sample std) over seeds, best per row in bold, GenAIR's improvement over the best
 baseline in % and the two-sided t-test p-value (``scipy.stats.ttest_ind``, Student's,
 GenAIR's seeds vs the best baseline's seeds) — and ``runs.csv`` (one row per run).
+The paper's ablations (``genair_wo_prefill``, ``genair_wo_decoding``,
+``genair_wo_calibration``; Table 3) run as methods when named in ``--methods``: they are
+columns with a p-value of GenAIR against each, never the "best baseline".
 """
 from __future__ import annotations
 
@@ -56,7 +59,7 @@ from typing import Iterable, Optional, Sequence
 from recbole_genair.config import command_line_overrides
 from recbole_genair.data.dataset import default_feature_file
 from recbole_genair.quick_start import build_config, run
-from recbole_genair.registry import BACKBONES, UnknownChoiceError, methods as registered_methods
+from recbole_genair.registry import ABLATIONS, BACKBONES, UsageError, methods as registered_methods
 from recbole_genair.registry import model_class
 
 GENAIR = "genair"
@@ -403,7 +406,7 @@ def summarize(records: list[dict], models: Sequence[str], methods: Sequence[str]
                     row["mean"][method], row["std"][method] = _stats(values)
             means = row["mean"]
             row["best"] = max(means, key=means.get) if means else None
-            baselines = {m: v for m, v in means.items() if m != GENAIR}
+            baselines = {m: v for m, v in means.items() if m != GENAIR and m not in ABLATIONS}
             row["best_baseline"] = max(baselines, key=baselines.get) if baselines else None
             row["improvement_pct"] = row["p_value"] = None
             if GENAIR in means and row["best_baseline"] is not None:
@@ -411,6 +414,9 @@ def summarize(records: list[dict], models: Sequence[str], methods: Sequence[str]
                 row["improvement_pct"] = ((means[GENAIR] - reference) / reference * 100
                                           if reference else float("nan"))
                 row["p_value"] = ttest_pvalue(row["values"][GENAIR], row["values"][row["best_baseline"]])
+            # Table 3: GenAIR against each ablation that ran (never a "baseline").
+            row["ablation_p"] = {m: ttest_pvalue(row["values"][GENAIR], row["values"][m])
+                                 for m in methods if m in ABLATIONS and m in means and GENAIR in means}
             rows.append(row)
     return rows
 
@@ -434,12 +440,17 @@ def pvalue_text(p: Optional[float]) -> str:
 
 def render_markdown(rows: list[dict], methods: Sequence[str], metrics: Sequence[str], title: str,
                     failures: Sequence[dict] = (), missing: Sequence[dict] = ()) -> str:
-    show_gain = GENAIR in methods and any(m != GENAIR for m in methods)
-    head = ["Backbone", "Metric", *methods] + (["Improv. (GenAIR vs best baseline)", "p-value"] if show_gain else [])
+    ablations = [m for m in methods if m in ABLATIONS] if GENAIR in methods else []
+    show_gain = GENAIR in methods and any(m != GENAIR and m not in ABLATIONS for m in methods)
+    head = (["Backbone", "Metric", *methods]
+            + (["Improv. (GenAIR vs best baseline)", "p-value"] if show_gain else [])
+            + [f"p (GenAIR vs {m})" for m in ablations])
     lines = [title, "",
              "Test metrics of the best-valid epoch, mean ± sample std over seeds (n=… when a cell "
              "has fewer runs than others); best per row in bold; p-value: two-sided t-test "
-             "(scipy.stats.ttest_ind) of GenAIR vs the best baseline over seeds.", "",
+             "(scipy.stats.ttest_ind) of GenAIR vs the best baseline over seeds"
+             + (" (the ablations are not baselines; GenAIR vs each has its own p column)" if ablations else "")
+             + ".", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         counts = {m: len(v) for m, v in row["values"].items()}
@@ -459,6 +470,7 @@ def render_markdown(rows: list[dict], methods: Sequence[str], metrics: Sequence[
             gain = row["improvement_pct"]
             cells.append("" if gain is None else f"{gain:+.2f}% vs {row['best_baseline']}")
             cells.append(pvalue_text(row["p_value"]))
+        cells += [pvalue_text(row["ablation_p"].get(m)) for m in ablations]
         lines.append(f"| {row['backbone']} | {metric_label(row['metric'])} | " + " | ".join(cells) + " |")
     if failures:
         lines += ["", "Failed runs (re-run the command to retry them):", ""]
@@ -475,11 +487,12 @@ def table_csv(rows: list[dict], methods: Sequence[str]) -> tuple[list[str], list
     for method in methods:
         columns += [f"{method}_mean", f"{method}_std", f"{method}_n"]
     columns += ["best", "best_baseline", "improvement_pct", "p_value"]
+    columns += [f"p_value_vs_{m}" for m in methods if m in ABLATIONS]
     out = []
     for row in rows:
         flat = {"backbone": row["backbone"], "metric": row["metric"], "best": row["best"],
                 "best_baseline": row["best_baseline"], "improvement_pct": row["improvement_pct"],
-                "p_value": row["p_value"]}
+                "p_value": row["p_value"], **{f"p_value_vs_{m}": p for m, p in row["ablation_p"].items()}}
         for method in methods:
             if method in row["mean"]:
                 flat.update({f"{method}_mean": row["mean"][method], f"{method}_std": row["std"][method],
@@ -527,7 +540,8 @@ def parse(argv=None) -> tuple[argparse.Namespace, dict]:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--dataset", "-d", required=True, help="a data set prepared under dataset/")
     parser.add_argument("--methods", default=None,
-                        help=f"comma-separated (default: all registered: {','.join(registered_methods())})")
+                        help=f"comma-separated (default: all registered: {','.join(registered_methods())}; "
+                             f"paper Table 3 ablations, not in the default: {','.join(ABLATIONS)})")
     parser.add_argument("--models", default=",".join(BACKBONES), help="comma-separated backbones")
     parser.add_argument("--seeds", type=int, default=3, help="runs per cell: seed, seed+1, ...")
     parser.add_argument("--config_files", default=None, help="space-separated YAML files")
@@ -558,7 +572,7 @@ def main(argv=None) -> int:
             config_file_list=args.config_files.split() if args.config_files else None,
             overrides=overrides, out=args.out, metrics=_split(args.metrics), report_only=args.report,
             full_ranking=args.full_ranking)
-    except UnknownChoiceError as exc:
+    except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 1 if outcome.failures else 0

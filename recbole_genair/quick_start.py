@@ -18,7 +18,7 @@ from recbole.utils import get_environment, init_seed, set_color
 from recbole_genair.compat import init_logger, load_checkpoint, quiet_recbole_deprecations
 from recbole_genair.config import Config
 from recbole_genair.paths import DATASET_DIR
-from recbole_genair.registry import UnknownChoiceError, model_class
+from recbole_genair.registry import UnknownChoiceError, method_settings, model_class
 from recbole_genair.trainer import GenAIRTrainer, fixed_negatives
 
 
@@ -47,6 +47,7 @@ def create_dataset(config):
 def build_config(model: str = "SASRec", dataset: str = "ml-100k", method: str = "base",
                  config_file_list=None, config_dict=None) -> Config:
     klass = model_class(model, method)
+    config_dict = method_settings(method, config_dict)  # an ablation's fixed settings
     check_dataset(dataset, config_dict)
     return Config(model=klass, dataset=dataset,
                   config_file_list=config_file_list, config_dict=config_dict)

@@ -2,6 +2,7 @@
 
 ``base`` is RecBole's own model unchanged.  Every other method registers a factory that
 builds its subclass of the backbone; the runner never changes when a method is added.
+The paper's ablations (Table 3) are methods too: GenAIR's model with settings fixed.
 """
 from __future__ import annotations
 
@@ -24,12 +25,47 @@ METHOD_MODULES: Dict[str, str] = {
 }
 
 
-class UnknownChoiceError(ValueError):
+# Paper Table 3: GenAIR with one part removed -> (the method whose model it is, the settings it fixes).
+# Runnable wherever a method is (``--method=``, the experiment runner's ``--methods=``), so
+# the ablation table is one command; not part of the default method list.
+ABLATIONS: Dict[str, tuple] = {
+    "genair_wo_prefill": ("genair", {"genair_features": ["decoding"]}),
+    "genair_wo_decoding": ("genair", {"genair_features": ["prefill"]}),
+    "genair_wo_calibration": ("genair", {"calibration_alpha": 0.0}),
+}
+
+
+class UsageError(ValueError):
+    """A choice that cannot work (the command lines print it as one line, no traceback)."""
+
+
+class UnknownChoiceError(UsageError):
     """A model, method or data set name that does not exist; the message lists what does."""
 
 
 def methods() -> list[str]:
+    """The item representations compared in the paper's Table 2 (ablations excluded)."""
     return list(METHOD_MODULES)
+
+
+def all_methods() -> list[str]:
+    return [*METHOD_MODULES, *ABLATIONS]
+
+
+def model_method(method: str) -> str:
+    """The method whose model class ``method`` uses (itself, or an ablation's parent)."""
+    return ABLATIONS[method][0] if method in ABLATIONS else method
+
+
+def method_settings(method: str, config_dict=None) -> dict:
+    """``config_dict`` with the settings an ablation fixes; setting one of them otherwise is an error."""
+    config_dict = dict(config_dict or {})
+    fixed = ABLATIONS[method][1] if method in ABLATIONS else {}
+    clash = sorted(k for k in fixed if k in config_dict and config_dict[k] != fixed[k])
+    if clash:
+        raise UsageError(f"method {method} fixes {', '.join(f'{k}={fixed[k]!r}' for k in clash)}; "
+                         f"it cannot be set to {', '.join(repr(config_dict[k]) for k in clash)}")
+    return {**config_dict, **fixed}
 
 
 def backbone_class(name: str):
@@ -43,8 +79,9 @@ _CACHE: Dict[tuple, type] = {}
 
 def model_class(backbone: str, method: str = "base"):
     """The class for ``backbone`` under ``method`` (cached, so pickles find it by name)."""
-    if method not in METHOD_MODULES:
-        raise UnknownChoiceError(f"unknown method {method!r}; choose one of: {', '.join(METHOD_MODULES)}")
+    if method not in METHOD_MODULES and method not in ABLATIONS:
+        raise UnknownChoiceError(f"unknown method {method!r}; choose one of: {', '.join(all_methods())}")
+    method = model_method(method)
     base = backbone_class(backbone)
     if method == "base":
         return base

@@ -65,7 +65,7 @@ from recbole_genair.cluster import init_ray
 from recbole_genair.experiments import settings_changes
 from recbole_genair.paths import PROPERTIES_DIR, read_yaml
 from recbole_genair.quick_start import build_config
-from recbole_genair.registry import UnknownChoiceError, model_class
+from recbole_genair.registry import UnknownChoiceError, UsageError, method_settings, model_class, model_method
 
 SPEC_KINDS = ("grid", "choice", "loguniform", "uniform")
 SCHEDULER_KEYS = {"type", "grace_period", "reduction_factor", "max_t", "brackets"}
@@ -503,12 +503,16 @@ def tune(model: str = "SASRec", dataset: str = "ml-100k", method: str = "genair"
 
     model_class(model, method)  # unknown names: one-line error before anything else
     if search_space is None:
-        space = load_search_space(default_search_space(method))
+        space = load_search_space(default_search_space(model_method(method)))  # an ablation: its model's
     elif isinstance(search_space, dict):
         space = parse_search_space(search_space)
     else:
         space = load_search_space(search_space)
     overrides = dict(overrides or {})
+    fixed = sorted(set(space.params) & set(method_settings(method)))
+    if fixed:
+        raise UsageError(f"{space.source} sweeps {fixed}, which method {method} fixes; "
+                         "pass a --search_space without them")
     clash = set(space.params) & set(overrides)
     if clash:
         raise ValueError(f"{sorted(clash)} swept by {space.source} and also set on the command line")

@@ -313,3 +313,25 @@ def test_pvalue_text():
     assert experiments.pvalue_text(None) == "" and experiments.pvalue_text(float("nan")) == "n/a"
     assert experiments.pvalue_text(0.0123) == "0.012" and experiments.pvalue_text(2.5e-7) == "2.50e-07"
     assert experiments.pvalue_text(0.0) == "< 1e-300"
+
+
+def test_ablations_are_columns_with_their_own_p_values_never_the_best_baseline(fake, tmp_path, monkeypatch):
+    """Paper Table 3 in one command: an ablation above every baseline is still not one."""
+    monkeypatch.setitem(LEVEL, ("SASRec", "genair_wo_prefill"), 0.35)
+    monkeypatch.setitem(LEVEL, ("SASRec", "genair_wo_calibration"), 0.36)
+    grid(tmp_path, models=["SASRec"], methods=["base", "genair", "genair_wo_prefill", "genair_wo_calibration"])
+    lines = (tmp_path / "table2.md").read_text().splitlines()
+
+    def cells(prefix):
+        return [c.strip() for c in next(line for line in lines if line.startswith(prefix)).strip("|").split("|")]
+    assert cells("| Backbone")[6:] == ["Improv. (GenAIR vs best baseline)", "p-value",
+                                       "p (GenAIR vs genair_wo_prefill)", "p (GenAIR vs genair_wo_calibration)"]
+    hr = cells("| SASRec | HR@10")
+    assert hr[6].endswith("vs base")   # genair_wo_prefill (0.35) is above base (0.30) but not a baseline
+    hits = {m: [LEVEL[("SASRec", m)] + JITTER[s % 4] for s in (100, 101, 102)] for m in ("genair", "genair_wo_prefill")}
+    p = ttest_ind(hits["genair"], hits["genair_wo_prefill"]).pvalue
+    assert hr[8] == (f"{p:.2e}" if p < 1e-3 else f"{p:.3f}")
+    assert hr[9] == "1.000"            # same values as GenAIR: t = 0
+    with open(tmp_path / "table2.csv", encoding="utf-8") as fh:
+        row = next(csv.DictReader(fh))
+    assert row["best_baseline"] == "base" and float(row["p_value_vs_genair_wo_prefill"]) == pytest.approx(p)

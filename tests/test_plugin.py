@@ -204,3 +204,26 @@ def test_interrupted_training_resumes_to_the_uninterrupted_result(backbone, fast
     again = run(backbone, "ml-100k", "genair", config_dict=dict(settings, progress_file=str(progress)),
                 callback=lambda epoch_idx, score: again_epochs.append(epoch_idx))
     assert again_epochs == [] and again["test_result"] == whole["test_result"]
+
+
+def test_ablations_are_genair_with_fixed_settings(fast_config, tmp_path):
+    """Paper Table 3 as methods: GenAIR's model class; the ablated part fixed, not overridable."""
+    from recbole_genair.registry import UsageError
+    full = build_config("SASRec", "ml-100k", "genair", config_dict=fast_config)
+    for method, key, value in [("genair_wo_prefill", "genair_features", ["decoding"]),
+                               ("genair_wo_decoding", "genair_features", ["prefill"]),
+                               ("genair_wo_calibration", "calibration_alpha", 0.0)]:
+        config = build_config("SASRec", "ml-100k", method, config_dict=fast_config)
+        assert config.model_class is model_class("SASRec", "genair") and config[key] == value != full[key]
+        assert build_config("SASRec", "ml-100k", method, config_dict={**fast_config, key: value})[key] == value
+        with pytest.raises(UsageError, match=f"method {method} fixes {key}"):
+            build_config("SASRec", "ml-100k", method, config_dict={**fast_config, key: full[key]})
+    _, _, model, _ = prepare(build_config("SASRec", "ml-100k", "genair_wo_decoding", config_dict=fast_config))
+    _, _, whole, _ = prepare(full)
+    assert 0 < model.item_embedding.features.shape[1] < whole.item_embedding.features.shape[1]
+
+
+def test_an_ablation_clash_is_one_line_on_the_command_line(capsys):
+    import run_recbole_genair
+    assert run_recbole_genair.main(["--method=genair_wo_calibration", "--calibration_alpha=0.01"]) == 2
+    assert "method genair_wo_calibration fixes calibration_alpha=0.0" in capsys.readouterr().err

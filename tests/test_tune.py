@@ -158,3 +158,10 @@ def test_a_sweep_directory_is_resumed_only_with_its_own_settings(tmp_path):
         check_same_sweep(tmp_path, sweep_identity({**setup, "base": {"epochs": 5}}, space, 1))
     with pytest.raises(ValueError, match="without sweep.json"):
         check_same_sweep(tmp_path / "elsewhere", sweep_identity(setup, space, 1))
+
+
+def test_an_ablation_sweeps_its_models_space_but_never_the_setting_it_fixes(tmp_path):
+    from recbole_genair.registry import UsageError
+    with pytest.raises(UsageError, match=r"sweeps \['calibration_alpha'\], which method genair_wo_calibration fixes"):
+        tune(model="SASRec", dataset="ml-100k", method="genair_wo_calibration", out_dir=tmp_path / "s")
+    assert not (tmp_path / "s").exists()
