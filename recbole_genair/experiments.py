@@ -53,8 +53,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
-
+from typing import Optional, Sequence
 
 from recbole_genair.config import command_line_overrides
 from recbole_genair.data.dataset import default_feature_file
