@@ -15,7 +15,9 @@ early-stopping counters, best result and best-checkpoint path, the valid curve a
 random state (torch, numpy, Python, the training loader's shuffling generator).  A run
 started with the same ``progress_file`` continues after the last saved epoch and ends with
 the same weights and results as a run that was never interrupted; one whose training had
-already finished goes straight to the test evaluation.
+already finished goes straight to the test evaluation.  Its best checkpoint is named after the
+progress file (``best_checkpoint_path``), not after the start time as in RecBole, so runs
+started in the same second in one ``checkpoint_dir`` never write over each other's.
 """
 from __future__ import annotations
 
@@ -66,12 +68,24 @@ def fixed_negatives(dataset, n_neg: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
+def best_checkpoint_path(checkpoint_dir, progress_file) -> Path:
+    """The best checkpoint of the run resumable from ``progress_file``: one per progress file.
+
+    RecBole names it ``<model>-<start time>.pth``; two runs started in the same second in one
+    ``checkpoint_dir`` (parallel seeds of one experiment) would share and overwrite it.
+    """
+    progress = Path(progress_file).resolve()
+    return Path(checkpoint_dir) / f"{progress.stem}-{zlib.crc32(str(progress).encode()):08x}.pth"
+
+
 class GenAIRTrainer(Trainer):
     """RecBole's ``Trainer`` with fixed sampled negatives and torch>=2.6 checkpoint loading."""
 
     def __init__(self, config, model):
         shared_dir(config["checkpoint_dir"])  # before RecBole's check-then-create (compat notes)
         super().__init__(config, model)
+        if config["progress_file"]:
+            self.saved_model_file = str(best_checkpoint_path(self.checkpoint_dir, config["progress_file"]))
         self.eval_negatives: Optional[torch.Tensor] = None
         self.epoch_seconds: list[float] = []           # wall time of each training epoch
         self.valid_curve: list[tuple[int, float]] = []  # (epoch, valid score) of each validation

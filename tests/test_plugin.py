@@ -14,7 +14,7 @@ from recbole.model.sequential_recommender import BERT4Rec, GRU4Rec, SASRec
 from recbole_genair.config import Config
 from recbole_genair.quick_start import build_config, prepare, run
 from recbole_genair.registry import UnknownChoiceError, get_model, model_class
-from recbole_genair.trainer import fixed_negatives
+from recbole_genair.trainer import best_checkpoint_path, fixed_negatives
 
 
 def test_registry_base_is_recbole_and_unknown_names_list_choices():
@@ -188,6 +188,7 @@ def test_interrupted_training_resumes_to_the_uninterrupted_result(backbone, fast
         run(backbone, "ml-100k", "genair", config_dict=dict(settings, progress_file=str(progress)), callback=crash)
     assert epochs_seen == [0, 1] and progress.is_file() and not progress.with_name("cut.pth.partial").exists()
     best_file = Path(torch.load(progress, weights_only=False)["saved_model_file"])
+    assert best_file == best_checkpoint_path(settings["checkpoint_dir"], progress)  # not "<model>-<time>"
     hidden = best_file.rename(best_file.with_suffix(".hidden"))       # the best checkpoint went missing
     with pytest.raises(FileNotFoundError, match="is gone; delete .*cut.pth to train from scratch"):
         run(backbone, "ml-100k", "genair", config_dict=dict(settings, progress_file=str(progress)))
@@ -204,6 +205,23 @@ def test_interrupted_training_resumes_to_the_uninterrupted_result(backbone, fast
     again = run(backbone, "ml-100k", "genair", config_dict=dict(settings, progress_file=str(progress)),
                 callback=lambda epoch_idx, score: again_epochs.append(epoch_idx))
     assert again_epochs == [] and again["test_result"] == whole["test_result"]
+
+
+def test_parallel_runs_in_one_checkpoint_dir_get_their_own_best_checkpoint(fast_config, tmp_path, monkeypatch):
+    """Two seeds of one experiment started in the same second used to share RecBole's
+    '<model>-<start time>.pth' and overwrite each other's best weights."""
+    import recbole.trainer.trainer
+    monkeypatch.setattr(recbole.trainer.trainer, "get_local_time", lambda: "Dec-04-2026_03-34-26")  # one second
+    trainers = []
+    for seed in (1, 2):
+        config = build_config("SASRec", "ml-100k", "genair", config_dict=dict(
+            fast_config, seed=seed, progress_file=str(tmp_path / "progress" / f"SASRec-seed{seed}.pth")))
+        trainers.append(prepare(config)[-1])
+    files = [Path(t.saved_model_file) for t in trainers]
+    assert files[0] != files[1] and all(f.parent == Path(fast_config["checkpoint_dir"]) for f in files)
+    # the same stem in another folder is another run; the same file is the same run
+    assert best_checkpoint_path(tmp_path, tmp_path / "a" / "p.pth") != best_checkpoint_path(tmp_path, tmp_path / "b" / "p.pth")
+    assert best_checkpoint_path(tmp_path, tmp_path / "a" / "p.pth") == best_checkpoint_path(tmp_path, tmp_path / "a" / ".." / "a" / "p.pth")
 
 
 def test_ablations_are_genair_with_fixed_settings(fast_config, tmp_path):
