@@ -16,6 +16,7 @@ from recbole_genair.archetypes import pipeline
 from recbole_genair.archetypes.extract import common_prefix_length, generate_and_embed, teacher_forced
 from recbole_genair.archetypes.llm import LoadedLLM
 from recbole_genair.archetypes.prompt import PromptSpec, build_prompt, read_item_file
+from recbole_genair.archetypes.store import ShardStore, make_shard
 from recbole_genair.data.features import align_by_token, read_feature_file
 from recbole_genair.paths import DATASET_DIR
 
@@ -265,6 +266,42 @@ def test_interrupted_run_resumes_to_byte_identical_features(reference_run, tmp_p
     assert summary["generated_now"] == N_ITEMS - 2
     assert ((root / "ml-100k" / "ml-100k.archetype").read_bytes()
             == (reference_run / "ml-100k" / "ml-100k.archetype").read_bytes())
+
+
+def test_a_rerun_of_a_failed_item_keeps_the_rest_of_its_batch(reference_run, tmp_path, monkeypatch):
+    """One item of the first batch fails; the re-run retries it alone under the same batch
+    number.  It used to replace that batch's file, dropping the items that had succeeded, so
+    every later run re-generated them and lost the retried one: it never finished."""
+    root = _small_dataset(tmp_path)
+    real = pipeline._extract
+    victim = []
+
+    def flaky(llm, prompt_ids, gen, seed):
+        if not victim:
+            victim.append(prompt_ids[-1])           # the first batch's last item
+        if victim[0] in prompt_ids:
+            raise ValueError("simulated failure")
+        return real(llm, prompt_ids, gen, seed)
+
+    monkeypatch.setattr(pipeline, "_extract", flaky)
+    with pytest.raises(pipeline.ArchetypeError, match=r"1 item\(s\) have no archetype.*simulated failure"):
+        pipeline.run(_job(root))
+    monkeypatch.setattr(pipeline, "_extract", real)
+    summary = pipeline.run(_job(root))
+    assert summary["generated_now"] == 1
+    tokens, cols = read_feature_file(root / "ml-100k" / "ml-100k.archetype", ["prefill_emb"])
+    assert len(tokens) == N_ITEMS
+
+
+def test_shards_are_never_replaced(tmp_path):
+    store = ShardStore(tmp_path, {"llm": "x"})
+    shard = lambda toks: make_shard(toks, np.ones((len(toks), 2)), np.ones((len(toks), 2)), [3] * len(toks),
+                                    [[1]] * len(toks), [True] * len(toks))
+    store.write(3, shard(["A", "B"]))
+    store.write(3, shard(["C"]))
+    store.write(3, shard(["D"]))
+    assert sorted(store.done_tokens()) == ["A", "B", "C", "D"]
+    assert not list(store.dir.glob(".*tmp*"))
 
 
 def test_ray_workers_compute_and_the_driver_commits_the_same_features(reference_run, tmp_path, monkeypatch):

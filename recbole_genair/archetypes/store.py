@@ -9,6 +9,7 @@ settings are never mixed in.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from dataclasses import dataclass
@@ -53,7 +54,7 @@ class Shard:
 
 
 class ShardStore:
-    """``<root>/<key>/meta.json`` plus ``batch_<b>.npz`` shards."""
+    """``<root>/<key>/meta.json`` plus ``batch_<b>[.<n>].npz`` shards, each written once."""
 
     def __init__(self, root: Path, settings: dict):
         self.settings = settings
@@ -73,14 +74,30 @@ class ShardStore:
         return self.dir / (f"batch_{batch:06d}.npz" if isinstance(batch, int) else f"batch_{batch}.npz")
 
     def write(self, batch: int | str, shard: Shard) -> Path:
-        path = self.shard_path(batch)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        """Commit ``shard`` as a new file; never replaces one already there.
+
+        A re-run writes the items a batch left unfinished (say one failed item) under that
+        batch's number again, and a ``--limit`` run numbers its batches over a shorter plan:
+        replacing the existing file would drop the items it holds.  So the first free name
+        ``batch_<b>.npz``, ``batch_<b>.1.npz``, ... is taken, with ``os.link`` (which fails
+        rather than overwrite) after the data are on disk.
+        """
+        first = self.shard_path(batch)
+        tmp = first.with_name(f".{first.name}.tmp{os.getpid()}")
         with open(tmp, "wb") as fh:
             np.savez(fh, **{k: getattr(shard, k) for k in Shard.__dataclass_fields__})
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        return path
+        try:
+            for attempt in itertools.count():
+                path = first if attempt == 0 else first.with_name(f"{first.stem}.{attempt}.npz")
+                try:
+                    os.link(tmp, path)
+                    return path
+                except FileExistsError:
+                    continue
+        finally:
+            tmp.unlink()
 
     def shards(self) -> Iterable[Shard]:
         for path in sorted(self.dir.glob("batch_*.npz")):
