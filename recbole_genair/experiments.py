@@ -59,7 +59,7 @@ from recbole_genair.config import command_line_overrides
 from recbole_genair.data.dataset import default_feature_file
 from recbole_genair.quick_start import build_config, run
 from recbole_genair.registry import ABLATIONS, BACKBONES, UsageError, methods as registered_methods
-from recbole_genair.registry import model_class
+from recbole_genair.registry import all_methods, model_class
 
 GENAIR = "genair"
 DEFAULT_METRICS = ("hit@10", "ndcg@10")
@@ -181,6 +181,11 @@ class ResultStore:
     def append(self, record: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         line = json.dumps(record, sort_keys=True, default=repr) + "\n"
+        if self.path.is_file() and self.path.stat().st_size:
+            with open(self.path, "rb") as fh:   # a line cut by a crash must not swallow this one
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":
+                    line = "\n" + line
         with open(self.path, "a", encoding="utf-8") as fh:  # one write of one line, O_APPEND
             fh.write(line)
             fh.flush()
@@ -295,9 +300,11 @@ def run_experiments(dataset: str, models: Sequence[str] = BACKBONES, methods: Op
         outcome.ran += 1
         _say(f"[{index}/{len(todo)}] done in {record['seconds']}s: " + ", ".join(
             f"test {m}={record['test_result'].get(m, float('nan')):.4f}" for m in metrics))
-        _write_all(out, dataset, models, methods, seed_list, digest, done, metrics, outcome)
+        _write_all(out, dataset, models, methods, seed_list, digest, done, metrics, outcome,
+                   _shared_cells(store, dataset, digest, resolved, files, overrides))
 
-    _write_all(out, dataset, models, methods, seed_list, digest, done, metrics, outcome)
+    _write_all(out, dataset, models, methods, seed_list, digest, done, metrics, outcome,
+               _shared_cells(store, dataset, digest, resolved, files, overrides))
     if full_ranking:
         _write_full_ranking(out, dataset, models, methods, seed_list, digest, metrics, outcome)
     _say(f"wrote {', '.join(str(f) for f in outcome.files.values())}"
@@ -306,10 +313,49 @@ def run_experiments(dataset: str, models: Sequence[str] = BACKBONES, methods: Op
     return outcome
 
 
-def _write_all(out, dataset, models, methods, seed_list, digest, done, metrics, outcome: Outcome) -> None:
-    records = [done[(dataset, m, meth, s, digest)] for s in seed_list for m in models for meth in methods
-               if (dataset, m, meth, s, digest) in done]
-    outcome.records = records
+def _shared_cells(store: ResultStore, dataset, digest, resolved: dict, files, overrides) -> dict[tuple, dict]:
+    """Every finished, current cell of ``dataset`` under config hash ``digest`` in ``store``.
+
+    Several processes may share one ``--out`` (one per core, each with its own ``--methods``
+    or ``--seed``); each writes the tables from what all of them have finished, so the last
+    one to write does not drop the others' columns.  A cell finished under other resolved
+    settings is left out, as for this process's own cells.
+    """
+    cells = {}
+    for key, record in store.load().items():
+        if key[0] != dataset or key[4] != digest:
+            continue
+        pair = (key[1], key[2])
+        if pair not in resolved:
+            try:
+                resolved[pair] = cell_settings(dataset, key[1], key[2], files, overrides)
+            except UsageError as exc:   # a method or backbone this version does not have
+                _say(f"note: {store.path}: {key[1]} / {key[2]} left out of the tables ({exc})")
+                resolved[pair] = None
+        if resolved[pair] is None or ("settings" in record and settings_changes(record["settings"], resolved[pair])):
+            continue
+        cells[key] = record
+    return cells
+
+
+def _write_all(out, dataset, models, methods, seed_list, digest, done, metrics, outcome: Outcome,
+               shared: Optional[dict] = None) -> None:
+    """The tables: this run's grid plus the cells other processes finished in the same folder."""
+    shared = {**(shared or {}), **done}
+    outcome.records = [done[(dataset, m, meth, s, digest)] for s in seed_list for m in models for meth in methods
+                       if (dataset, m, meth, s, digest) in done]
+    found = [k for k in shared if k[0] == dataset and k[4] == digest]
+    models = list(models) + [m for m in BACKBONES if m not in models and any(k[1] == m for k in found)]
+    models += sorted({k[1] for k in found} - set(models))
+    methods = list(methods) + sorted({k[2] for k in found} - set(methods),
+                                     key=lambda m: (all_methods().index(m) if m in all_methods() else len(all_methods()), m))
+    seed_list = sorted(set(seed_list) | {k[3] for k in found})
+    records = [shared[(dataset, m, meth, s, digest)] for s in seed_list for m in models for meth in methods
+               if (dataset, m, meth, s, digest) in shared]
+    absent = [m for m in metrics if records and not any(m in r["test_result"] for r in records)]
+    if absent:   # a table of dashes otherwise; RecBole computes only its own `metrics` and `topk`
+        _say(f"warning: no finished cell has {', '.join(absent)} (RecBole computed "
+             f"{', '.join(sorted(records[0]['test_result']))}); set RecBole's `metrics` / `topk` to add them")
     protocol = next((r.get("protocol") for r in records if r.get("protocol")), "")
     title = (f"# Table 2: {dataset} — {len(seed_list)} seed(s) {seed_list}, config hash {digest}"
              + (f", {protocol}" if protocol else ""))
@@ -527,7 +573,7 @@ def _csv_text(columns: list[str], rows: list[dict]) -> str:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")   # processes sharing --out each have their own
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
@@ -554,9 +600,15 @@ def parse(argv=None) -> tuple[argparse.Namespace, dict]:
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
     try:
-        return args, command_line_overrides(rest, exclude=RUNNER_OPTIONS)
+        overrides = command_line_overrides(rest, exclude=RUNNER_OPTIONS)
     except ValueError as exc:
         parser.error(str(exc))
+    singular = {"model": "--models=", "backbone": "--models=", "method": "--methods="}
+    wrong = [key for key in singular if key in overrides]
+    if wrong:  # run_recbole_genair.py's spelling: it would be ignored and the whole default grid run
+        parser.error(", ".join(f"--{key}= is not an option here; use {singular[key]} (comma-separated)"
+                               for key in wrong))
+    return args, overrides
 
 
 def _split(text: Optional[str]) -> Optional[list[str]]:

@@ -335,3 +335,34 @@ def test_ablations_are_columns_with_their_own_p_values_never_the_best_baseline(f
     with open(tmp_path / "table2.csv", encoding="utf-8") as fh:
         row = next(csv.DictReader(fh))
     assert row["best_baseline"] == "base" and float(row["p_value_vs_genair_wo_prefill"]) == pytest.approx(p)
+
+
+def test_processes_sharing_one_out_each_write_every_finished_column(fake, tmp_path):
+    """One process per method (or seed) in one folder: the last to finish used to own
+    table2.md with only its own columns."""
+    grid(tmp_path, methods=["base"], seeds=1)
+    grid(tmp_path, methods=["genair"], seeds=1, overrides={"seed": 101, "epochs": 5})
+    header = next(line for line in (tmp_path / "table2.md").read_text().splitlines() if line.startswith("| Backbone"))
+    assert header.split(" | ")[2:4] == ["genair", "base"]
+    assert "2 seed(s) [100, 101]" in (tmp_path / "table2.md").read_text()
+    assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_a_record_after_a_cut_line_is_kept(tmp_path):
+    store = ResultStore(tmp_path / "results.jsonl")
+    store.path.write_text('{"dataset": "toy", "mod')          # killed mid-write
+    record = {"dataset": "toy", "model": "SASRec", "method": "base", "seed": 1, "config_hash": "h"}
+    store.append(record)
+    assert list(store.load().values()) == [record]
+
+
+@pytest.mark.parametrize("arg,hint", [("--method=genair", "use --methods="), ("--model=GRU4Rec", "use --models=")])
+def test_singular_model_or_method_is_an_error_not_the_whole_default_grid(arg, hint, capsys):
+    with pytest.raises(SystemExit):
+        experiments.parse(["--dataset=toy", arg])
+    assert hint in capsys.readouterr().err
+
+
+def test_a_table_metric_recbole_did_not_compute_is_named(fake, tmp_path, capsys):
+    grid(tmp_path, methods=["base"], seeds=1, metrics=["hit@10", "mrr@10"])
+    assert "no finished cell has mrr@10 (RecBole computed hit@10, hit@5, ndcg@10)" in capsys.readouterr().err
