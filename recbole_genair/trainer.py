@@ -34,32 +34,37 @@ import torch
 from recbole.trainer import Trainer
 
 from recbole_genair.compat import load_checkpoint, shared_dir, trusted_checkpoints
+from recbole_genair.data.dataset import interaction_columns
 
 
 def fixed_negatives(dataset, n_neg: int, seed: int) -> torch.Tensor:
     """``[user_num, n_neg]`` internal item ids; row 0 (padding user) is unused.
 
     Each user's draw depends only on ``seed`` and the user's *token*, so it is the same in
-    every run and for every method that loads the same data.
+    every run and for every method that loads the same data.  Never drawn: any item of the
+    user's in the whole data set (:func:`~recbole_genair.data.dataset.interaction_columns`).
     """
-    uid_field, iid_field = dataset.uid_field, dataset.iid_field
-    users = dataset.inter_feat[uid_field].numpy()
-    items = dataset.inter_feat[iid_field].numpy()
-    n_items = dataset.item_num
+    users, items, _ = interaction_columns(dataset)
+    return draw_negatives(users, items, dataset.user_num, dataset.item_num,
+                          dataset.field2id_token[dataset.uid_field], n_neg, seed)
+
+
+def draw_negatives(users: np.ndarray, items: np.ndarray, user_num: int, item_num: int, user_tokens,
+                   n_neg: int, seed: int) -> torch.Tensor:
+    """For each user ``1..user_num-1``, ``n_neg`` distinct items in ``1..item_num-1`` not paired with it."""
     order = np.argsort(users, kind="stable")
     users, items = users[order], items[order]
-    bounds = np.searchsorted(users, np.arange(dataset.user_num + 1))
-    tokens = dataset.field2id_token[uid_field]
-    out = np.zeros((dataset.user_num, n_neg), dtype=np.int64)
-    for uid in range(1, dataset.user_num):
+    bounds = np.searchsorted(users, np.arange(user_num + 1))
+    out = np.zeros((user_num, n_neg), dtype=np.int64)
+    for uid in range(1, user_num):
         seen = np.unique(items[bounds[uid]:bounds[uid + 1]])
-        n_free = n_items - 1 - len(seen)
+        n_free = item_num - 1 - len(seen)
         if n_free < n_neg:
-            raise ValueError(f"user {tokens[uid]} has only {n_free} unseen items; cannot draw {n_neg} negatives")
-        rng = np.random.default_rng([seed, zlib.crc32(str(tokens[uid]).encode())])
+            raise ValueError(f"user {user_tokens[uid]} has only {n_free} unseen items; cannot draw {n_neg} negatives")
+        rng = np.random.default_rng([seed, zlib.crc32(str(user_tokens[uid]).encode())])
         picked = np.empty(0, dtype=np.int64)
         while len(picked) < n_neg:  # rejection sampling; terminates since n_free >= n_neg
-            draw = rng.integers(1, n_items, size=2 * (n_neg + len(seen)))
+            draw = rng.integers(1, item_num, size=2 * (n_neg + len(seen)))
             draw = draw[~np.isin(draw, seen)]
             picked = np.concatenate([picked, draw])
             _, first = np.unique(picked, return_index=True)

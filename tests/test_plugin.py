@@ -12,7 +12,8 @@ import torch
 from recbole.model.sequential_recommender import BERT4Rec, GRU4Rec, SASRec
 
 from recbole_genair.config import Config
-from recbole_genair.quick_start import build_config, prepare, run
+from recbole_genair.data.dataset import interaction_columns
+from recbole_genair.quick_start import build_config, create_dataset, prepare, run
 from recbole_genair.registry import UnknownChoiceError, get_model, model_class
 from recbole_genair.trainer import best_checkpoint_path, fixed_negatives
 
@@ -134,13 +135,30 @@ def test_fixed_negatives_are_deterministic_unseen_and_shared(fast_config):
     again = fixed_negatives(dataset, 100, 42)
     assert torch.equal(neg, again)
     assert not torch.equal(neg, fixed_negatives(dataset, 100, 7))
-    users = dataset.inter_feat[dataset.uid_field].numpy()
-    items = dataset.inter_feat[dataset.iid_field].numpy()
-    for uid in (1, 50, 900):
+    # every item of the user's, read before RecBole's build() turned rows into (history, target):
+    # each user's first item is in no target row, and it once could be drawn (6 % of ml-100k users)
+    unbuilt = create_dataset(config)
+    users, items, _ = interaction_columns(unbuilt)
+    for uid in range(1, dataset.user_num):
         row = neg[uid].numpy()
         assert len(np.unique(row)) == 100 and row.min() >= 1
-        assert not np.isin(row, items[users == uid]).any()
+        assert not np.isin(row, items[users == uid]).any(), uid
     assert torch.equal(trainer.eval_negatives.cpu(), neg)
+
+
+def test_interaction_columns_of_a_built_sequential_data_set_are_the_whole_data_set(fast_config):
+    config = build_config("SASRec", "ml-100k", "base", config_dict=fast_config)
+    before = interaction_columns(create_dataset(config))
+    built, *_ = prepare(config)
+    after = interaction_columns(built)
+    assert len(after[0]) == len(before[0]) == 18_860   # the test copy of ml-100k (conftest)
+    # the same (user, item) pairs at the same times (RecBole keeps built times in float32)
+    def in_order(users, items, times):
+        order = np.lexsort((times, items, users))
+        return users[order], items[order], times[order]
+    (ub, ib, tb), (ua, ia, ta) = in_order(*before), in_order(*after)
+    assert np.array_equal(ub, ua) and np.array_equal(ib, ia)
+    assert np.allclose(tb, ta, rtol=1e-6, atol=0)
 
 
 def test_sampled_evaluation_is_repeatable_and_ranks_101_candidates(fast_config):

@@ -24,10 +24,33 @@ def interaction_columns(dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
     Without a time field the row order stands for time.  ``inter_feat`` is a DataFrame until
     RecBole's ``build()`` and an ``Interaction`` after it; ``np.asarray`` reads both forms.
+    A built sequential data set holds one row per *target* (RecBole's data augmentation:
+    ``<i1> | i2``, ``<i1, i2> | i3``, ...), so each user's first item is only in the history
+    list of the user's first row; it is put back, and the whole data set is returned.
     """
     feat = dataset.inter_feat
-    time = np.asarray(feat[dataset.time_field]) if dataset.time_field else np.arange(len(feat))
-    return np.asarray(feat[dataset.uid_field]), np.asarray(feat[dataset.iid_field]), time
+    users, items = np.asarray(feat[dataset.uid_field]), np.asarray(feat[dataset.iid_field])
+    time = np.asarray(feat[dataset.time_field]) if dataset.time_field else np.arange(len(feat), dtype=np.float64)
+    list_field = getattr(dataset, "item_id_list_field", None)
+    if not (list_field and list_field in feat.columns):
+        return users, items, time
+    lengths = np.asarray(feat[dataset.item_list_length_field])
+    order = np.lexsort((time, users))                     # augmentation order: by user, then time
+    users, items, time, lengths = users[order], items[order], time[order], lengths[order]
+    first = np.r_[True, users[1:] != users[:-1]]
+    if not (lengths[first] == 1).all():
+        raise ValueError("inter_feat is not RecBole's augmented sequence data: a user's first row "
+                         "does not hold exactly one history item")
+    lead_items = np.asarray(feat[list_field])[order[first], 0]
+    if dataset.time_field:
+        lead_time = np.asarray(feat[getattr(dataset, f"{dataset.time_field}_list_field")])[order[first], 0]
+    else:
+        lead_time = time[first] - 0.5                     # just before the user's first target
+    users = np.concatenate([users[first], users])
+    items = np.concatenate([lead_items, items])
+    time = np.concatenate([lead_time, time])
+    order = np.lexsort((np.r_[np.zeros(first.sum()), np.ones(len(first))], time, users))
+    return users[order], items[order], time[order]
 
 
 def default_feature_file(config) -> Path:
