@@ -17,6 +17,11 @@ setuptools<81, pyarrow<20) so RecBole itself runs unmodified; what remains is:
   RecBole's own modules, so every run's log stays readable (``quick_start.create_dataset``
   installs the filters, so ``run``, the tuner and ``load_data_and_model`` all get them);
   nothing else is filtered.
+* **numpy aliases**: RecBole's metrics still use ``np.float`` (gone since numpy 1.24); its
+  ``Config.__init__`` puts the aliases back (``compatibility_settings``), but a checkpoint's
+  unpickled ``Config`` does not run it, so in a fresh process ``load_data_and_model`` then
+  ``evaluate`` raised ``AttributeError: module 'numpy' has no attribute 'float'``.
+  ``quick_start.load_data_and_model`` calls it.
 * **``get_model`` import side effects**: RecBole's lookup walks ``exlib_recommender``, which
   imports lightgbm/xgboost; :func:`recbole_builtin_model` looks only in the submodules that
   hold RecBole's PyTorch models.

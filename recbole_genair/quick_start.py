@@ -110,6 +110,8 @@ def load_data_and_model(model_file: str):
     """RecBole's ``load_data_and_model`` for this package's checkpoints (torch>=2.6 safe)."""
     checkpoint = load_checkpoint(model_file)
     config = checkpoint["config"]
+    config.compatibility_settings()  # numpy aliases RecBole's metrics use (np.float): set when a
+    #                                  Config is built, not when one is unpickled (see compat)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logging.getLogger().setLevel(logging.WARNING)

@@ -1,7 +1,10 @@
 """GenAIR models: feature alignment, the embedding layer, the cache, calibration, ablations."""
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -118,6 +121,14 @@ def test_short_genair_run_learns_and_checkpoint_reloads(backbone, fast_config):
     trainer = make_trainer(config, model, dataset)
     again = trainer.evaluate(test_data, load_best_model=False)
     assert dict(again) == pytest.approx(result["test_result"], abs=1e-4)
+    if backbone == "SASRec":  # in a fresh process, where no Config was ever built (numpy aliases)
+        code = ("import sys, json; from recbole_genair.quick_start import load_data_and_model, make_trainer; "
+                "c, m, d, _, _, t = load_data_and_model(sys.argv[1]); "
+                "print(json.dumps(dict(make_trainer(c, m, d).evaluate(t, load_best_model=False))))")
+        fresh = subprocess.run([sys.executable, "-c", code, result["saved_model_file"]], capture_output=True,
+                               text=True, timeout=600)
+        assert fresh.returncode == 0, fresh.stderr[-2000:]
+        assert json.loads(fresh.stdout.strip().splitlines()[-1]) == pytest.approx(result["test_result"], abs=1e-4)
 
 
 def test_checkpoint_refuses_other_features(fast_config, tmp_path, data_root):
