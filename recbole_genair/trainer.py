@@ -16,8 +16,9 @@ random state (torch, numpy, Python, the training loader's shuffling generator). 
 started with the same ``progress_file`` continues after the last saved epoch and ends with
 the same weights and results as a run that was never interrupted; one whose training had
 already finished goes straight to the test evaluation.  Its best checkpoint is named after the
-progress file (``best_checkpoint_path``), not after the start time as in RecBole, so runs
-started in the same second in one ``checkpoint_dir`` never write over each other's.
+progress file (``best_checkpoint_path``), and otherwise after the start time *and the process*
+(RecBole: the start time only), so runs started in the same second in one ``checkpoint_dir``
+never write over each other's.
 """
 from __future__ import annotations
 
@@ -91,6 +92,9 @@ class GenAIRTrainer(Trainer):
         super().__init__(config, model)
         if config["progress_file"]:
             self.saved_model_file = str(best_checkpoint_path(self.checkpoint_dir, config["progress_file"]))
+        else:  # RecBole's "<model>-<start time>.pth" + the process id: runs started in one second differ
+            stem = Path(self.saved_model_file).stem
+            self.saved_model_file = str(Path(self.saved_model_file).with_name(f"{stem}-{os.getpid()}.pth"))
         self.eval_negatives: Optional[torch.Tensor] = None
         self.epoch_seconds: list[float] = []           # wall time of each training epoch
         self.valid_curve: list[tuple[int, float]] = []  # (epoch, valid score) of each validation
@@ -109,8 +113,8 @@ class GenAIRTrainer(Trainer):
     def training_summary(self) -> dict:
         """Epochs trained, the best-valid epoch (as early stopping chose it), the valid curve, epoch time."""
         best = None
-        for epoch, score in self.valid_curve:  # first strict improvement wins, as in RecBole's early_stopping
-            if best is None or (score > best[1] if self.valid_metric_bigger else score < best[1]):
+        for epoch, score in self.valid_curve:  # a tie replaces the best, as in RecBole's early_stopping (>=)
+            if best is None or (score >= best[1] if self.valid_metric_bigger else score <= best[1]):
                 best = (epoch, score)
         return {"epochs_run": len(self.epoch_seconds), "best_epoch": None if best is None else best[0],
                 "valid_curve": [round(score, 6) for _, score in self.valid_curve],

@@ -62,7 +62,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from recbole_genair.cluster import init_ray
-from recbole_genair.experiments import settings_changes
+from recbole_genair.experiments import resolved_settings, settings_changes
 from recbole_genair.paths import PROPERTIES_DIR, read_yaml
 from recbole_genair.quick_start import build_config
 from recbole_genair.registry import UnknownChoiceError, UsageError, method_settings, model_class, model_method
@@ -339,7 +339,8 @@ def collect_trials(result_grid, space: SearchSpace, metric: str, mode: str,
                                                      or k.startswith("valid_")}})
         scored = [r for r in rows if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric])]
         if scored:
-            best = max(scored, key=lambda r: sign * r[metric])
+            # the last of tied epochs: RecBole's early_stopping (>=) saved that one's weights
+            best = max(reversed(scored), key=lambda r: sign * r[metric])
             row.update({metric: best[metric], "best_epoch": best.get("epoch"),
                         "best_iteration": best.get("training_iteration"), "iterations": len(rows)})
             row.update({k: v for k, v in best.items() if k.startswith("valid_") and k != metric})
@@ -530,11 +531,13 @@ def tune(model: str = "SASRec", dataset: str = "ml-100k", method: str = "genair"
     num_samples = num_samples or space.default_num_samples()
     n_trials = space.grid_size * num_samples
 
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = Path(out_dir) if out_dir else Path(DEFAULT_RESULTS_DIR) / f"{dataset}-{model}-{method}-{stamp}"
+    stamp = time.strftime("%Y%m%d-%H%M%S")   # + pid: two sweeps started in one second get two folders
+    out = Path(out_dir) if out_dir else Path(DEFAULT_RESULTS_DIR) / f"{dataset}-{model}-{method}-{stamp}-{os.getpid()}"
     out = out.resolve()
+    # resolved: every YAML layer's value (the files' contents, package defaults) and the data
+    # files' SHA-1, so a sweep is resumed only while what its trials train on is unchanged
     setup = {"model": model, "dataset": dataset, "method": method, "config_file_list": files,
-             "base": base, "cpus_per_trial": cpus_per_trial}
+             "base": base, "cpus_per_trial": cpus_per_trial, "resolved": resolved_settings(config)}
     identity = sweep_identity(setup, space, num_samples)
     resuming = ray_tune.Tuner.can_restore(out)
     if resuming:
@@ -620,8 +623,11 @@ def check_same_sweep(out: Path, identity: dict) -> None:
                          "tool; choose another --out")
     stored = json.loads(stored_file.read_text(encoding="utf-8"))
     if stored != identity:
-        changes = settings_changes(*({k: json.dumps(v, sort_keys=True) for k, v in d.items()}
-                                     for d in (stored, identity)))
+        outer = [{k: json.dumps(v, sort_keys=True) for k, v in d.items() if k != "resolved"}
+                 for d in (stored, identity)]
+        changes = settings_changes(*outer) + [f"resolved {c}" for c in settings_changes(
+            stored.get("resolved", {"(not recorded by the version that started it)": "–"}),
+            identity.get("resolved", {}))]
         raise ValueError(f"{out} holds a sweep with other settings ({'; '.join(changes)}); "
                          "run the same command as before to continue it, or choose another --out")
 

@@ -237,6 +237,9 @@ def test_parallel_runs_in_one_checkpoint_dir_get_their_own_best_checkpoint(fast_
         trainers.append(prepare(config)[-1])
     files = [Path(t.saved_model_file) for t in trainers]
     assert files[0] != files[1] and all(f.parent == Path(fast_config["checkpoint_dir"]) for f in files)
+    plain = [build_config("SASRec", "ml-100k", "genair", config_dict=dict(fast_config, seed=1))] * 2
+    names = {Path(prepare(c)[-1].saved_model_file).name for c in plain}   # without progress_file
+    assert names == {f"GenAIRSASRec-Dec-04-2026_03-34-26-{os.getpid()}.pth"}, names
     # the same stem in another folder is another run; the same file is the same run
     assert best_checkpoint_path(tmp_path, tmp_path / "a" / "p.pth") != best_checkpoint_path(tmp_path, tmp_path / "b" / "p.pth")
     assert best_checkpoint_path(tmp_path, tmp_path / "a" / "p.pth") == best_checkpoint_path(tmp_path, tmp_path / "a" / ".." / "a" / "p.pth")

@@ -156,6 +156,12 @@ def test_a_sweep_directory_is_resumed_only_with_its_own_settings(tmp_path):
     check_same_sweep(tmp_path, sweep_identity(setup, space, 1))
     with pytest.raises(ValueError, match=r"other settings \(base: .*3.* → .*5"):
         check_same_sweep(tmp_path, sweep_identity({**setup, "base": {"epochs": 5}}, space, 1))
+    # a YAML layer's content or a data file changed between the runs: named key by key
+    resolved = {**setup, "resolved": {"learning_rate": "0.001", "data:ml-100k.inter": "abc"}}
+    (tmp_path / "sweep.json").write_text(json.dumps(sweep_identity(resolved, space, 1)), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"other settings \(resolved data:ml-100k.inter: abc → def\)"):
+        check_same_sweep(tmp_path, sweep_identity({**resolved, "resolved": {"learning_rate": "0.001",
+                                                                            "data:ml-100k.inter": "def"}}, space, 1))
     with pytest.raises(ValueError, match="without sweep.json"):
         check_same_sweep(tmp_path / "elsewhere", sweep_identity(setup, space, 1))
 
@@ -165,3 +171,19 @@ def test_an_ablation_sweeps_its_models_space_but_never_the_setting_it_fixes(tmp_
     with pytest.raises(UsageError, match=r"sweeps \['calibration_alpha'\], which method genair_wo_calibration fixes"):
         tune(model="SASRec", dataset="ml-100k", method="genair_wo_calibration", out_dir=tmp_path / "s")
     assert not (tmp_path / "s").exists()
+
+
+def test_a_tied_best_epoch_is_the_later_one_whose_weights_recbole_kept():
+    """RecBole's early_stopping saves on value >= best: of two tied epochs, the later one's
+    weights (and its saved_model_file row) are the trial's best."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from recbole_genair.tune import collect_trials
+    rows = [{"training_iteration": i + 1, "epoch": i, "valid_ndcg@10": v, "valid_hit@10": h, "saved_model_file": "m.pth"}
+            for i, (v, h) in enumerate([(0.1, 0.2), (0.3, 0.4), (0.3, 0.5), (0.2, 0.3)])]
+    result = SimpleNamespace(log_dir=None, metrics={"trial_id": "t1"}, config={"calibration_alpha": 0.1},
+                             metrics_dataframe=pd.DataFrame(rows), error=None)
+    trials, _ = collect_trials([result], SimpleNamespace(params={"calibration_alpha": None}), "valid_ndcg@10", "max")
+    assert trials[0]["best_epoch"] == 2 and trials[0]["valid_hit@10"] == 0.5 and trials[0]["status"] == "ok"
