@@ -11,6 +11,7 @@ from __future__ import annotations
 import pickle
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -429,7 +430,7 @@ def test_llmemb_item_table_is_the_adapter_and_the_co_trained_id_model_is_a_stop_
     assert emb.projector[0].weight.grad.abs().sum() > 0
 
 
-def test_llmemb_alignment_to_a_pretrained_id_table_decreases(make_model, tmp_path):
+def test_llmemb_alignment_to_a_pretrained_id_table_decreases(make_model, settings, tmp_path):
     probe, _, _ = make_model("llminit", "SASRec")
     torch.manual_seed(0)
     table = torch.randn(probe.n_items, 32)  # a trained ID table's scale, not the 0.02 of a fresh one
@@ -445,6 +446,17 @@ def test_llmemb_alignment_to_a_pretrained_id_table_decreases(make_model, tmp_pat
     torch.save({"state_dict": {"item_embedding.weight": torch.randn(probe.n_items, 16)}}, path)
     with pytest.raises(ValueError, match="does not fit"):
         make_model("llmemb", "SASRec", llmemb_id_checkpoint=str(path))
+    torch.save({"state_dict": {"item_embedding.weight": torch.randn(probe.n_items + 5, 32)}}, path)
+    with pytest.raises(ValueError, match="does not fit"):   # more rows: another item numbering
+        make_model("llmemb", "SASRec", llmemb_id_checkpoint=str(path))
+    # an ID model of the same data set loaded under other filters numbers its items otherwise
+    same = build_config("SASRec", "ml-100k", "llminit", config_dict=settings).final_config_dict
+    other = SimpleNamespace(final_config_dict={**same, "item_inter_num_interval": "[5,inf)"})
+    torch.save({"state_dict": {"item_embedding.weight": table}, "config": other}, path)
+    with pytest.raises(ValueError, match=r"other data settings \(item_inter_num_interval: '\[5,inf\)' there"):
+        make_model("llmemb", "SASRec", llmemb_id_checkpoint=str(path))
+    torch.save({"state_dict": {"item_embedding.weight": table}, "config": SimpleNamespace(final_config_dict=same)}, path)
+    assert torch.equal(make_model("llmemb", "SASRec", llmemb_id_checkpoint=str(path))[0].collaborative_table(), table)
 
 
 def test_soft_contrastive_loss_prefers_matched_pairs():

@@ -225,3 +225,15 @@ def test_item_table_norm_l2_gives_unit_item_rows_on_both_paths(backbone, fast_co
     assert default.item_embedding.project()[1:].norm(dim=-1).std() > 1e-3  # off by default
     with pytest.raises(ValueError, match="item_table_norm must be one of none, l2"):
         _prepare(fast_config, backbone, item_table_norm="layer")
+
+
+def test_calibration_counts_follow_the_leave_one_out_split_and_refuse_others(fast_config):
+    from recbole_genair.data.dataset import held_out_per_user
+    split = lambda s: build_config("SASRec", "ml-100k", "genair", config_dict=dict(
+        fast_config, eval_args={"split": s, "order": "TO", "mode": "full"}))
+    assert held_out_per_user(build_config("SASRec", "ml-100k", "genair", config_dict=fast_config)) == 2
+    assert held_out_per_user(split({"LS": "valid_only"})) == 1
+    with pytest.raises(ValueError, match="supports only RecBole's leave-one-out split"):
+        held_out_per_user(split({"RS": [0.8, 0.1, 0.1]}))
+    with pytest.raises(ValueError, match="supports only"):   # refused when the data set is built
+        prepare(split({"RS": [0.8, 0.1, 0.1]}))

@@ -81,4 +81,25 @@ class ArchetypeDataset(SequentialDataset):
                 for n in names}
 
     def _training_cooccurrence(self):
-        return cooccurrence_counts(*interaction_columns(self), n_items=self.item_num, holdout=2)
+        return cooccurrence_counts(*interaction_columns(self), n_items=self.item_num,
+                                   holdout=held_out_per_user(self.config))
+
+
+def held_out_per_user(config) -> int:
+    """Interactions per user RecBole's split holds out of training: its last 2 under
+    ``LS: valid_and_test``, the last one under ``LS: valid_only`` / ``test_only``.
+
+    The calibration counts co-occurrence in what is left; any other split (``RS``, a
+    benchmark file) holds out other items, and counting them would leak valid/test pairs.
+    """
+    split = (config["eval_args"] or {}).get("split") or {}
+    mode = split.get("LS") if list(split) == ["LS"] and not config["benchmark_filename"] else None
+    if mode == "valid_and_test":
+        return 2
+    if mode in ("valid_only", "test_only"):
+        return 1
+    raise ValueError(f"eval_args split {split!r}"
+                     + (f" with benchmark_filename {config['benchmark_filename']!r}" if config["benchmark_filename"] else "")
+                     + ": GenAIR's data set counts item co-occurrence in each user's training sequence and "
+                       "supports only RecBole's leave-one-out split (split: {LS: valid_and_test}, "
+                       "valid_only or test_only)")

@@ -52,18 +52,34 @@ def soft_contrastive_loss(x: torch.Tensor, y: torch.Tensor, temperature: float) 
     return ((x_loss + y_loss) / 2).mean()
 
 
-def checkpoint_item_table(path: str | Path, n_items: int, width: int, dataset: Optional[str] = None) -> torch.Tensor:
-    """``[n_items, width]`` item table of a RecBole checkpoint (its ``item_embedding.weight``)."""
+# Settings that decide RecBole's item-id mapping (with the data files themselves): an ID table
+# trained under other values numbers the items differently, row i would be another item.
+ID_MAPPING_KEYS = ("dataset", "USER_ID_FIELD", "ITEM_ID_FIELD", "load_col", "unload_col", "unused_col",
+                   "rm_dup_inter", "val_interval", "filter_inter_by_user_or_item", "user_inter_num_interval",
+                   "item_inter_num_interval", "alias_of_item_id")
+
+
+def checkpoint_item_table(path: str | Path, n_items: int, width: int, config=None) -> torch.Tensor:
+    """``[n_items, width]`` item table of a RecBole checkpoint (its ``item_embedding.weight``).
+
+    Rows are RecBole's internal item ids, so the checkpoint must come from the same data set
+    loaded the same way: its :data:`ID_MAPPING_KEYS` must equal ``config``'s, and its table
+    must have exactly ``n_items`` rows (``+ 1``: BERT4Rec's mask token).
+    """
     checkpoint = load_checkpoint(path)
     state = checkpoint.get("state_dict", {})
     table = state.get("item_embedding.weight")
     if table is None:
         raise ValueError(f"{path}: no item_embedding.weight in the checkpoint's state_dict "
                          f"(keys: {sorted(state)[:8]}...); give an ID model's checkpoint")
-    trained_on = getattr(checkpoint.get("config"), "final_config_dict", {}).get("dataset")
-    if dataset is not None and trained_on is not None and trained_on != dataset:
-        raise ValueError(f"{path}: checkpoint of data set {trained_on!r}, this run is on {dataset!r}")
-    if table.shape[0] < n_items or table.shape[1] != width:
+    saved = getattr(checkpoint.get("config"), "final_config_dict", None)
+    if config is not None and saved is not None:
+        differ = [f"{k}: {saved.get(k)!r} there, {config[k]!r} here" for k in ID_MAPPING_KEYS
+                  if saved.get(k) != config[k]]
+        if differ:
+            raise ValueError(f"{path}: its item ids were assigned under other data settings ("
+                             + "; ".join(differ) + "); its rows would be other items")
+    if table.shape[0] not in (n_items, n_items + 1) or table.shape[1] != width:
         raise ValueError(f"{path}: item table {tuple(table.shape)} does not fit {n_items} items x width {width}")
     return table[:n_items].detach().float().clone()
 
@@ -83,7 +99,7 @@ class LLMEmbMixin(BaselineMixin):
         self.id_model = None
         if path:
             self.register_buffer("id_table", checkpoint_item_table(path, self.n_items, original.embedding_dim,
-                                                                   config["dataset"]))
+                                                                   config))
         else:
             self.id_model = recbole_backbone(type(self))(config, dataset)
 
