@@ -293,6 +293,24 @@ def test_a_rerun_of_a_failed_item_keeps_the_rest_of_its_batch(reference_run, tmp
     assert len(tokens) == N_ITEMS
 
 
+def test_from_texts_rebuilds_the_features_and_refuses_texts_of_another_llm(reference_run, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(reference_run, root, ignore=shutil.ignore_patterns("cache"))
+    data = root / "ml-100k"
+    (data / "ml-100k.archetype").unlink()
+    pipeline.rebuild_from_texts(_job(root))
+    _, rebuilt = read_feature_file(data / "ml-100k.archetype", ["prefill_emb", "decoding_emb"])
+    _, reference = read_feature_file(reference_run / "ml-100k" / "ml-100k.archetype", ["prefill_emb", "decoding_emb"])
+    for name in rebuilt:   # PCA signs may flip; the teacher-forced pass equals the generating one
+        assert np.allclose(np.abs(rebuilt[name]), np.abs(reference[name]), atol=1e-3), name
+    meta_file = data / "archetypes" / "ml-100k.archetypes.meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta["settings"]["llm"]["gguf_file"] = "SmolLM2-360M-Instruct.gguf"
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(pipeline.ArchetypeError, match=r"another LLM or prompt.*llm.gguf_file: 'SmolLM2-360M"):
+        pipeline.rebuild_from_texts(_job(root))
+
+
 def test_shards_are_never_replaced(tmp_path):
     store = ShardStore(tmp_path, {"llm": "x"})
     shard = lambda toks: make_shard(toks, np.ones((len(toks), 2)), np.ones((len(toks), 2)), [3] * len(toks),

@@ -528,6 +528,9 @@ def write_cooccurrence(job: ArchetypeJob) -> dict:
     return {"cooccurrence": str(path), "pairs": int(counts.nnz // 2)}
 
 
+TEACHER_FORCING_KEYS = ("llm", "prompt", "chat_template_crc")  # job_settings that shape the hidden states
+
+
 def rebuild_from_texts(job: ArchetypeJob) -> dict:
     """Recompute both embeddings from the committed generated ids (teacher forcing), then PCA."""
     spec = prompt_spec_for(job.dataset)
@@ -541,12 +544,24 @@ def rebuild_from_texts(job: ArchetypeJob) -> dict:
     if missing:
         raise ArchetypeError(f"{path}: no archetype for {len(missing)} items, e.g. {missing[:10]}")
     llm = _driver_llm(job)
+    settings = job_settings(job, llm, spec)
+    # the hidden states must come from the LLM and prompt the texts were generated with (the
+    # meta file keeps describing them); generation settings do not enter teacher forcing
+    if not meta_path(job.data_dir, job.dataset).is_file():
+        raise ArchetypeError(f"{meta_path(job.data_dir, job.dataset)} not found: which LLM and prompt "
+                             f"made {path} is unknown")
+    recorded = json.loads(meta_path(job.data_dir, job.dataset).read_text()).get("settings", {})
+    diff = [d for key in TEACHER_FORCING_KEYS
+            for d in _settings_diff(json.loads(json.dumps(recorded.get(key), default=str)),
+                                    json.loads(json.dumps(settings.get(key), default=str)), f"{key}.")]
+    if diff:
+        raise ArchetypeError(f"{path} was generated with another LLM or prompt (recorded -> given): "
+                             + "; ".join(diff))
     prompt_ids = encode_prompts(llm.tokenizer, prompts)
     for t, ids in zip(tokens, prompt_ids):
         if len(ids) != records[t]["n_prompt"]:
             raise ArchetypeError(f"item {t}: prompt has {len(ids)} tokens, the texts file recorded "
                                  f"{records[t]['n_prompt']}: different LLM, prompt or item file")
-    settings = job_settings(job, llm, spec)
     pre = np.zeros((len(tokens), llm.hidden_size), np.float32)
     dec = np.zeros_like(pre)
     generated = [records[t]["generated_ids"] for t in tokens]
