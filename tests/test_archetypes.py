@@ -350,6 +350,16 @@ def test_a_ray_worker_that_dies_ends_the_run_with_an_error_that_says_how_to_cont
     assert not ray.is_initialized()
 
 
+def test_a_worker_process_that_dies_ends_the_run_with_an_error_that_says_how_to_continue(tmp_path):
+    """--workers=2: a worker killed by the system (out of memory) used to hang the run forever."""
+    import os
+    job = _job(tmp_path)
+    job.workers = 2
+    assert sorted(pipeline._map(job, abs, [-1, -2, -3])) == [1, 2, 3]   # the pool itself (no LLM needed)
+    with pytest.raises(pipeline.ArchetypeError, match="worker process died.*run the same command again"):
+        list(pipeline._map(job, os._exit, [1, 1]))
+
+
 def test_other_settings_never_mix_into_the_cache(reference_run):
     job = _job(reference_run)
     job.generation = pipeline.GenerationSettings(max_new_tokens=3)

@@ -27,6 +27,8 @@ import multiprocessing as mp
 import random
 import time
 import zlib
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -124,6 +126,20 @@ def _init_worker(llm: str, device: str, dtype: str, threads: int) -> None:
         _WORKER["key"] = (llm, device, dtype)
 
 
+def _in_worker(model_args: tuple, fn, task):
+    """``fn(task)`` in a worker process (or Ray actor) whose LLM is ``model_args``."""
+    _WORKER["args"] = model_args
+    return fn(task)
+
+
+def _worker_llm() -> LoadedLLM:
+    """This worker's LLM, loaded at its first use and then kept (the in-process path has
+    loaded it up front, :func:`_job_llm`)."""
+    if "args" in _WORKER:
+        _init_worker(*_WORKER["args"])
+    return _WORKER["llm"]
+
+
 def _job_llm(job: ArchetypeJob) -> LoadedLLM:
     """The job's LLM, loaded in this process (with the job's thread count) as a worker would."""
     _init_worker(job.llm, job.device, job.generation.dtype, job.threads)
@@ -150,7 +166,7 @@ def _driver_llm(job: ArchetypeJob) -> LoadedLLM:
 def _teacher_force_batch(task) -> tuple:
     """``(key, prefill, decoding)`` of prompts + given generated ids, in one forward pass."""
     key, prompt_ids, generated = task
-    llm: LoadedLLM = _WORKER["llm"]
+    llm: LoadedLLM = _worker_llm()
     pre, dec = teacher_forced(llm.model, prompt_ids, generated, llm.pad_id)
     return key, pre.numpy(), dec.numpy()
 
@@ -179,7 +195,7 @@ def _run_batch(task) -> tuple[int, Shard, List[str]]:
     need no access to the driver's disk (Ray workers on other machines).
     """
     batch_no, tokens, prompt_ids, gen = task
-    llm: LoadedLLM = _WORKER["llm"]
+    llm: LoadedLLM = _worker_llm()
     seed = gen.seed + batch_no
     rows, failed = [], {}
     try:
@@ -365,7 +381,7 @@ def _settings_diff(recorded, current, path: str = "") -> List[str]:
 def _verify_batch(task) -> List[tuple]:
     """Regenerate one planned batch; ``(token, committed ids, regenerated ids)`` per item."""
     batch_no, tokens, prompt_ids, committed, gen = task
-    res = _extract(_WORKER["llm"], prompt_ids, gen, gen.seed + batch_no)
+    res = _extract(_worker_llm(), prompt_ids, gen, gen.seed + batch_no)
     return [(t, c, list(g)) for t, c, g in zip(tokens, committed, res.generated)]
 
 
@@ -428,10 +444,23 @@ def _map(job: ArchetypeJob, fn, tasks):
         _job_llm(job)  # this process is the worker
         yield from map(fn, tasks)
         return
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(job.workers, initializer=_init_worker,
-                  initargs=(job.llm, job.device, job.generation.dtype, job.threads)) as pool:
-        yield from pool.imap_unordered(fn, tasks)
+    # concurrent.futures, not multiprocessing.Pool: a worker killed by the system (out of
+    # memory) breaks the executor with an error; a Pool replaces the process and waits forever
+    # for the batch it lost.
+    executor = ProcessPoolExecutor(job.workers, mp_context=mp.get_context("spawn"))
+    model_args = (job.llm, job.device, job.generation.dtype, job.threads)
+    try:
+        for future in as_completed([executor.submit(_in_worker, model_args, fn, task) for task in tasks]):
+            try:
+                yield future.result()
+            except BrokenProcessPool as exc:
+                raise ArchetypeError("a worker process died (killed by the system, e.g. out of memory?); "
+                                     "the batches committed so far are kept: run the same command again "
+                                     "to continue") from exc
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+        for process in list((executor._processes or {}).values()):  # the batches in flight (as Pool did)
+            process.terminate()
 
 
 class _RayWorker:
@@ -441,8 +470,7 @@ class _RayWorker:
         self.model_args = (llm, device, dtype, threads)
 
     def run(self, fn, task):
-        _init_worker(*self.model_args)  # loads once; later calls find it loaded
-        return fn(task)
+        return _in_worker(self.model_args, fn, task)  # the LLM loads at the first batch, then is kept
 
 
 def _map_ray(job: ArchetypeJob, fn, tasks):
