@@ -428,3 +428,14 @@ def test_llm_identity_is_the_gguf_content_not_where_it_is_installed(tiny_llama, 
     here, there = loaded(tmp_path / "venv_a", b"weights"), loaded(tmp_path / "venv_b", b"weights")
     assert here == there and str(tmp_path) not in json.dumps(here)
     assert loaded(tmp_path / "venv_c", b"weightz")["gguf_sha256"] != here["gguf_sha256"]
+
+
+def test_item_file_values_are_read_as_recbole_reads_them(tmp_path):
+    """The converters CSV-quote a value that starts with '"'; the prompt used to show the quoting."""
+    from recbole_genair.data.converters import AtomicTable, write_atomic
+    path = tmp_path / "toy.item"
+    write_atomic(path, AtomicTable([("item_id", "token"), ("title", "token")], [("i1", '"Mermaid" Eye Shadow'),
+                                                                                  ("i2", 'Plain "quoted" word')]))
+    assert '"""Mermaid"" Eye Shadow"' in path.read_text()
+    _, rows = read_item_file(path)
+    assert [r["title"] for r in rows] == ['"Mermaid" Eye Shadow', 'Plain "quoted" word']

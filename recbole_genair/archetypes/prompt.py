@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
+from recbole_genair.data.converters import DatasetFormatError, read_atomic
+
 PROMPT_HEAD = (
     "You are a helpful recommendation expert. Based on the following attributes, "
     "identify the types of users this item would appeal to:"
@@ -78,7 +80,8 @@ class ItemFileError(ValueError):
 
 
 def read_item_file(path: Path) -> tuple[list[str], list[dict]]:
-    """Read a RecBole atomic ``.item`` file as raw strings.
+    """Read a RecBole atomic ``.item`` file as raw strings, as RecBole's loader reads it
+    (tab-separated, ``"``-quoting undone: the converters quote a value that starts with ``"``).
 
     Returns ``(field_names, rows)`` where each row maps the bare field name (without
     ``:type``) to its raw string.  ``item_id`` must be present.
@@ -87,19 +90,11 @@ def read_item_file(path: Path) -> tuple[list[str], list[dict]]:
     if not path.is_file():
         raise ItemFileError(f"{path}: no such item file (run `python -m recbole_genair.datasets "
                             f"{path.parent.name}` first)")
-    with open(path, encoding="utf-8") as fh:
-        header = fh.readline().rstrip("\n").split("\t")
-        names = [h.split(":")[0] for h in header]
-        if "item_id" not in names:
-            raise ItemFileError(f"{path}:1: header has no item_id field: {header}")
-        rows = []
-        for lineno, line in enumerate(fh, start=2):
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) != len(names):
-                raise ItemFileError(
-                    f"{path}:{lineno}: expected {len(names)} tab-separated values, got {len(parts)}")
-            rows.append(dict(zip(names, parts)))
-    return names, rows
+    try:
+        table = read_atomic(path, required=("item_id",))
+    except DatasetFormatError as exc:
+        raise ItemFileError(str(exc)) from exc
+    return table.names, [dict(zip(table.names, row)) for row in table.rows]
 
 
 def check_fields(spec: PromptSpec, names: List[str], path: Path) -> None:
