@@ -392,8 +392,15 @@ def full_ranking_records(records: Sequence[dict], store: ResultStore) -> tuple[l
                                  "error": f"saved checkpoint {model_file!r} not found"})
                 continue
             _say(f"full ranking: {record['model']} / {record['method']} / seed {record['seed']} ({model_file}) ...")
+            try:
+                result = full_ranking_metrics(model_file)
+            except Exception as exc:  # one broken checkpoint must not lose the others; it is reported
+                error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+                _say(f"full ranking: {record['model']} / {record['method']} / seed {record['seed']} FAILED: {error}")
+                failures.append({**{k: record[k] for k in ("model", "method", "seed")}, "error": error})
+                continue
             hit = {k: record[k] for k in ("dataset", "model", "method", "seed", "config_hash")}
-            hit.update(saved_model_file=model_file, test_result=full_ranking_metrics(model_file),
+            hit.update(saved_model_file=model_file, test_result=result,
                        protocol="full ranking (every item), checkpoints selected as trained",
                        finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
             store.append(hit)

@@ -292,6 +292,15 @@ def test_full_ranking_tables_evaluate_each_checkpoint_once_and_report_missing_on
     assert len(evaluated) == 4
     assert [(f["method"], "not found" in f["error"]) for f in outcome.failures] == [("llminit", True)]
     assert "- SASRec / llminit / seed 100: saved checkpoint" in (tmp_path / "table2_full.md").read_text()
+    (tmp_path / "x.pth").write_bytes(b"")                  # a checkpoint that cannot be evaluated
+
+    def broken(model_file):
+        raise RuntimeError("feature file moved")
+
+    monkeypatch.setattr(experiments, "full_ranking_metrics", broken)
+    outcome = grid(tmp_path, models=["SASRec"], methods=["llminit"], seeds=1, full_ranking=True)
+    assert [f["error"] for f in outcome.failures] == ["RuntimeError: feature file moved"]
+    assert "table2_full.md" in {p.name for p in outcome.files.values()}
 
 
 def test_training_summary_picks_the_epoch_early_stopping_keeps():
