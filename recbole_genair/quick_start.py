@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from logging import getLogger
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
@@ -26,15 +27,17 @@ def available_datasets() -> list[str]:
     return sorted(p.name for p in DATASET_DIR.iterdir() if p.is_dir() and (p / f"{p.name}.inter").is_file())
 
 
-def check_dataset(name: str, config_dict: Optional[dict]) -> None:
-    """A one-line error for a data set that has not been prepared."""
-    if config_dict and config_dict.get("data_path"):
+def check_dataset(config) -> None:
+    """A one-line error for a data set that is not where ``config`` (every layer) looks for it."""
+    name, folder = config["dataset"], Path(config["data_path"])
+    if (folder / f"{name}.inter").is_file():
         return
-    if not (DATASET_DIR / name / f"{name}.inter").is_file():
+    if folder.resolve() == (DATASET_DIR / name).resolve():
         known = ", ".join(available_datasets()) or "none yet"
         raise UnknownChoiceError(
             f"unknown dataset {name!r} (prepared: {known}); prepare it with "
             f"`python -m recbole_genair.datasets {name}`")
+    raise UnknownChoiceError(f"dataset {name!r}: no {name}.inter in {folder} (data_path)")
 
 
 def create_dataset(config):
@@ -48,9 +51,9 @@ def build_config(model: str = "SASRec", dataset: str = "ml-100k", method: str = 
                  config_file_list=None, config_dict=None) -> Config:
     klass = model_class(model, method)
     config_dict = method_settings(method, config_dict)  # an ablation's fixed settings
-    check_dataset(dataset, config_dict)
-    return Config(model=klass, dataset=dataset,
-                  config_file_list=config_file_list, config_dict=config_dict)
+    config = Config(model=klass, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    check_dataset(config)
+    return config
 
 
 def prepare(config: Config):

@@ -65,9 +65,17 @@ def test_bpr_loss_gets_training_negatives_and_trains(fast_config):
     assert result["best_valid_result"]["ndcg@10"] > 0.08, result
 
 
-def test_unknown_dataset_is_one_line_error():
+def test_unknown_dataset_is_one_line_error(data_root, tmp_path):
     with pytest.raises(UnknownChoiceError, match="recbole_genair.datasets"):
         build_config("SASRec", "NoSuchData", "base")
+    with pytest.raises(UnknownChoiceError, match=r"no NoSuchData.inter in .*NoSuchData \(data_path\)"):
+        build_config("SASRec", "NoSuchData", "base", config_dict={"data_path": str(data_root)})
+    # data_path from a YAML file counts as much as from config_dict (it used to be refused)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "mine.inter").write_bytes((data_root / "ml-100k" / "ml-100k.inter").read_bytes())
+    layer = tmp_path / "where.yaml"
+    layer.write_text(f"data_path: {tmp_path}\n")
+    assert build_config("SASRec", "mine", "base", config_file_list=[str(layer)])["data_path"] == str(tmp_path / "mine")
 
 
 def test_runs_starting_together_never_leave_recbole_to_create_shared_directories(
