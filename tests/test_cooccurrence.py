@@ -193,3 +193,21 @@ def test_save_load_realigns_by_token(tmp_path):
 def test_save_rejects_token_mismatch(tmp_path):
     with pytest.raises(ValueError, match="item tokens"):
         save_cooccurrence(tmp_path / "y.npz", sp.csr_matrix((3, 3), dtype=np.int32), ["a", "b"])
+
+
+def test_holdout_follows_recbole_float32_time_order():
+    """RecBole keeps times as float32 once built and splits by them, ties in file order: two
+    Unix times 1 s apart are one float32, so the file's order decides which is held out."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from recbole_genair.data.dataset import interaction_columns
+    a, b, c, e = 1, 2, 3, 4
+    frame = pd.DataFrame({"user_id": [1, 1, 1, 1], "item_id": [a, c, b, e],
+                          "timestamp": [1e9 - 1000, 1e9 + 1, 1e9, 1e9 + 1000]})
+    dataset = SimpleNamespace(inter_feat=frame, uid_field="user_id", iid_field="item_id", time_field="timestamp",
+                              item_id_list_field="item_id_list")
+    counts = cooccurrence_counts(*interaction_columns(dataset), n_items=5, holdout=2)
+    # RecBole's order: a, c, b (tie, file order), e -> valid b, test e; training a, c
+    assert counts[a, c] == 1 and counts[a, b] == 0

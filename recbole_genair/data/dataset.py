@@ -22,7 +22,8 @@ FEATURE_FIELDS = {"prefill": "prefill_emb", "decoding": "decoding_emb"}
 def interaction_columns(dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(user ids, item ids, times)`` of a RecBole data set's interactions, in internal ids.
 
-    Without a time field the row order stands for time.  ``inter_feat`` is a DataFrame until
+    Without a time field the row order stands for time; times are float32, as RecBole holds
+    them after ``build()``.  ``inter_feat`` is a DataFrame until
     RecBole's ``build()`` and an ``Interaction`` after it; ``np.asarray`` reads both forms.
     A built sequential data set holds one row per *target* (RecBole's data augmentation:
     ``<i1> | i2``, ``<i1, i2> | i3``, ...), so each user's first item is only in the history
@@ -30,7 +31,10 @@ def interaction_columns(dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """
     feat = dataset.inter_feat
     users, items = np.asarray(feat[dataset.uid_field]), np.asarray(feat[dataset.iid_field])
-    time = np.asarray(feat[dataset.time_field]) if dataset.time_field else np.arange(len(feat), dtype=np.float64)
+    # times as RecBole orders and splits by them: float32 once built (ties keep file order), so
+    # the co-occurrence holds out the same last items as RecBole's leave-one-out split
+    time = (np.asarray(feat[dataset.time_field], dtype=np.float32) if dataset.time_field
+            else np.arange(len(feat), dtype=np.float64))
     list_field = getattr(dataset, "item_id_list_field", None)
     if not (list_field and list_field in feat.columns):
         return users, items, time
