@@ -311,10 +311,45 @@ def test_from_texts_rebuilds_the_features_and_refuses_texts_of_another_llm(refer
         pipeline.rebuild_from_texts(_job(root))
 
 
+def test_an_item_whose_metadata_changed_is_generated_again_and_only_it(reference_run, tmp_path):
+    """Cached results and committed texts count for an item only while its prompt is the one
+    they were made from: it used to be the item token alone, so edited metadata kept stale texts."""
+    root = tmp_path / "copy"
+    shutil.copytree(reference_run, root)
+    item_file = root / "ml-100k" / "ml-100k.item"
+    lines = item_file.read_text().splitlines()
+    cells = lines[2].split("\t")
+    cells[1] = cells[1] + " (Director's Cut)"
+    lines[2] = "\t".join(cells)
+    item_file.write_text("\n".join(lines) + "\n")
+    summary = pipeline.run(_job(root))
+    assert summary["generated_now"] == 1
+    records = pipeline.read_texts(root / "ml-100k" / "archetypes" / "ml-100k.archetypes.jsonl")
+    assert all("prompt_crc" in r for r in records.values())
+    # the same again from the texts alone (a fresh checkout): the edited item's text is not reused
+    shutil.rmtree(root / "ml-100k" / "archetypes" / "cache")
+    cells[1] = cells[1] + " Remastered"
+    lines[2] = "\t".join(cells)
+    item_file.write_text("\n".join(lines) + "\n")
+    assert pipeline.run(_job(root))["generated_now"] == 1
+
+
+def test_texts_written_before_prompt_checksums_are_matched_by_prompt_length(reference_run, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(reference_run, root, ignore=shutil.ignore_patterns("cache"))
+    texts = root / "ml-100k" / "archetypes" / "ml-100k.archetypes.jsonl"
+    old = [{k: v for k, v in json.loads(line).items() if k != "prompt_crc"} for line in texts.read_text().splitlines()]
+    texts.write_text("\n".join(json.dumps(r) for r in old) + "\n")
+    assert pipeline.run(_job(root))["generated_now"] == 0      # all 6 rebuilt by teacher forcing
+    _, got = read_feature_file(root / "ml-100k" / "ml-100k.archetype", ["decoding_emb"])
+    _, ref = read_feature_file(reference_run / "ml-100k" / "ml-100k.archetype", ["decoding_emb"])
+    np.testing.assert_allclose(np.abs(got["decoding_emb"]), np.abs(ref["decoding_emb"]), atol=1e-3)
+
+
 def test_shards_are_never_replaced(tmp_path):
     store = ShardStore(tmp_path, {"llm": "x"})
     shard = lambda toks: make_shard(toks, np.ones((len(toks), 2)), np.ones((len(toks), 2)), [3] * len(toks),
-                                    [[1]] * len(toks), [True] * len(toks))
+                                    [[1]] * len(toks), [True] * len(toks), prompt_crc=[7] * len(toks))
     store.write(3, shard(["A", "B"]))
     store.write(3, shard(["C"]))
     store.write(3, shard(["D"]))

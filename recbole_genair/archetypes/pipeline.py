@@ -40,7 +40,8 @@ from tqdm import tqdm
 from recbole_genair.archetypes.extract import generate_and_embed, teacher_forced
 from recbole_genair.archetypes.llm import DEFAULT_LLM, LoadedLLM, encode_prompts, load_llm
 from recbole_genair.archetypes.prompt import PromptSpec, build_prompt, check_fields, read_item_file
-from recbole_genair.archetypes.store import Shard, ShardStore, atomic_write_text, make_shard, settings_key
+from recbole_genair.archetypes.store import (MISSING_CRC, Shard, ShardStore, atomic_write_text, make_shard,
+                                             prompt_checksum, settings_key)
 from recbole_genair.paths import DATASET_DIR, dataset_properties
 
 logger = logging.getLogger(__name__)
@@ -224,7 +225,7 @@ def _run_batch(task) -> tuple[int, Shard, List[str]]:
                        np.stack([k[0].numpy() for k in keep]) if keep else np.zeros((0, h), np.float32),
                        np.stack([k[1].numpy() for k in keep]) if keep else np.zeros((0, h), np.float32),
                        [len(prompt_ids[i]) for i in keep_rows], [k[2] for k in keep],
-                       [k[3] for k in keep], failed)
+                       [k[3] for k in keep], failed, prompt_crc=[prompt_checksum(prompt_ids[i]) for i in keep_rows])
     return batch_no, shard, list(failed)
 
 
@@ -248,7 +249,12 @@ def run(job: ArchetypeJob) -> dict:
     settings = job_settings(job, llm, spec)
     cache_root = job.data_dir / "archetypes" / "cache"
     store = ShardStore(cache_root, settings)
-    done = store.done_tokens()
+    expected = expected_prompts(tokens, prompt_ids)
+    done = store.done_tokens(expected)
+    changed = len(store.done_tokens() & set(tokens) - done)
+    if changed:
+        logger.info("%d item(s) have another prompt than when they were generated (metadata edited?): "
+                    "generating them again", changed)
     done |= seed_from_texts(job, store, tokens, prompt_ids, done)
     batches = plan_batches(tokens, prompt_ids, job.batch_size)
     tasks = []
@@ -267,7 +273,10 @@ def run(job: ArchetypeJob) -> dict:
             failed += bad
             bar.update(len(shard.tokens) + len(bad))
     elapsed = time.time() - t0
-    results, failures = store.collect()
+    results, failures, by_length = store.collect(expected)
+    if by_length:
+        logger.info("%d cached item(s) were written before prompt checksums were kept: matched by "
+                    "prompt length", len(by_length))
     missing = [t for t in tokens if t not in results]
     if failures or missing:
         raise ArchetypeError(
@@ -302,10 +311,11 @@ def write_texts(job: ArchetypeJob, tokens, rows, llm: LoadedLLM, settings: dict,
                 complete: bool = True) -> None:
     """The archetype texts and generated ids (all items, or the finished part when exporting)."""
     lines = []
-    for token, (_, _, n_prompt, gen, stopped) in zip(tokens, rows):
+    for token, (_, _, n_prompt, gen, stopped, crc) in zip(tokens, rows):
         text = llm.tokenizer.decode([g for g in gen if g not in llm.stop_ids], skip_special_tokens=True)
-        lines.append(json.dumps({"item_id": token, "archetype": text.strip(), "n_prompt": n_prompt,
-                                 "stopped": stopped, "generated_ids": gen}, ensure_ascii=False))
+        record = {"item_id": token, "archetype": text.strip(), "n_prompt": n_prompt,
+                  **({"prompt_crc": crc} if crc != MISSING_CRC else {}), "stopped": stopped, "generated_ids": gen}
+        lines.append(json.dumps(record, ensure_ascii=False))
     path = texts_path(job.data_dir, job.dataset)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, "\n".join(lines) + "\n")
@@ -335,14 +345,27 @@ def export_texts(job: ArchetypeJob) -> dict:
     expensive generation survives a fresh checkout.
     """
     spec = prompt_spec_for(job.dataset)
-    tokens, _ = load_prompts(job, spec)
+    tokens, prompts = load_prompts(job, spec)
     llm = _driver_llm(job)
     settings = job_settings(job, llm, spec)
     store = ShardStore(job.data_dir / "archetypes" / "cache", settings)
-    results, _ = store.collect()
+    results, _, _ = store.collect(expected_prompts(tokens, encode_prompts(llm.tokenizer, prompts)))
     done = [t for t in tokens if t in results]
     write_texts(job, done, [results[t] for t in done], llm, settings, complete=len(done) == len(tokens))
     return {"exported": len(done), "items": len(tokens), "texts": str(texts_path(job.data_dir, job.dataset))}
+
+
+def expected_prompts(tokens, prompt_ids) -> Dict[str, tuple]:
+    """token -> (prompt_checksum, prompt length) of the current prompts (what a result must match)."""
+    return {t: (prompt_checksum(ids), len(ids)) for t, ids in zip(tokens, prompt_ids)}
+
+
+def same_prompt(record: dict, ids) -> bool:
+    """Whether a texts-file record was generated from prompt ``ids`` (files written before
+    checksums were kept record only the prompt's length)."""
+    if "prompt_crc" in record:
+        return record["prompt_crc"] == prompt_checksum(ids)
+    return record["n_prompt"] == len(ids)
 
 
 def seed_from_texts(job: ArchetypeJob, store: ShardStore, tokens, prompt_ids, done: set) -> set:
@@ -356,7 +379,7 @@ def seed_from_texts(job: ArchetypeJob, store: ShardStore, tokens, prompt_ids, do
         return set()
     index = {t: i for i, t in enumerate(tokens)}
     records = {t: rec for t, rec in read_texts(path).items()
-               if t in index and t not in done and rec["n_prompt"] == len(prompt_ids[index[t]])}
+               if t in index and t not in done and same_prompt(rec, prompt_ids[index[t]])}
     if not records:
         return set()
     todo = [index[t] for t in records]
@@ -365,7 +388,8 @@ def seed_from_texts(job: ArchetypeJob, store: ShardStore, tokens, prompt_ids, do
     for n, rows, pre, dec in _teacher_force_batches(job, chunks, prompt_ids, generated,
                                                     "archetypes from committed texts"):
         shard = make_shard([tokens[i] for i in rows], pre, dec, [len(prompt_ids[i]) for i in rows],
-                           [generated[i] for i in rows], [records[tokens[i]]["stopped"] for i in rows])
+                           [generated[i] for i in rows], [records[tokens[i]]["stopped"] for i in rows],
+                           prompt_crc=[records[tokens[i]].get("prompt_crc", MISSING_CRC) for i in rows])
         store.write(f"t{n:06d}", shard)
     return set(records)
 
@@ -587,9 +611,10 @@ def rebuild_from_texts(job: ArchetypeJob) -> dict:
                              + "; ".join(diff))
     prompt_ids = encode_prompts(llm.tokenizer, prompts)
     for t, ids in zip(tokens, prompt_ids):
-        if len(ids) != records[t]["n_prompt"]:
-            raise ArchetypeError(f"item {t}: prompt has {len(ids)} tokens, the texts file recorded "
-                                 f"{records[t]['n_prompt']}: different LLM, prompt or item file")
+        if not same_prompt(records[t], ids):
+            raise ArchetypeError(f"item {t}: its prompt is not the one the texts file recorded (now "
+                                 f"{len(ids)} tokens, recorded {records[t]['n_prompt']}): different LLM, "
+                                 "prompt or item file")
     pre = np.zeros((len(tokens), llm.hidden_size), np.float32)
     dec = np.zeros_like(pre)
     generated = [records[t]["generated_ids"] for t in tokens]

@@ -4,7 +4,9 @@ Every finished batch is written as one ``.npz`` shard through a temporary file a
 ``os.replace``, so a killed run (even ``kill -9``) loses at most the batch in flight and a
 re-run continues where it stopped.  The store directory is keyed by a hash of everything
 that changes the outputs (model, prompt, generation settings), so results made with other
-settings are never mixed in.
+settings are never mixed in.  Within one directory an item counts as done only if its prompt
+is still the one it was generated from (a CRC-32 of the prompt's token ids per row): editing an
+item's metadata makes it due again.
 """
 from __future__ import annotations
 
@@ -12,11 +14,20 @@ import hashlib
 import itertools
 import json
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
 import numpy as np
+
+
+MISSING_CRC = -1   # rows written before prompt checksums were kept: matched by prompt length
+
+
+def prompt_checksum(ids) -> int:
+    """CRC-32 of a prompt's token ids: which prompt a cached or committed result was made from."""
+    return zlib.crc32(np.asarray(ids, dtype=np.int64).tobytes())
 
 
 def settings_key(settings: dict) -> str:
@@ -43,6 +54,7 @@ class Shard:
     prefill: np.ndarray       # [b, H] float32
     decoding: np.ndarray      # [b, H] float32
     n_prompt: np.ndarray      # [b] int32
+    prompt_crc: np.ndarray    # [b] int64 prompt_checksum of each prompt (MISSING_CRC: not recorded)
     gen_flat: np.ndarray      # concatenated generated ids, int32
     gen_offsets: np.ndarray   # [b+1] int64
     stopped: np.ndarray       # [b] bool
@@ -102,33 +114,47 @@ class ShardStore:
     def shards(self) -> Iterable[Shard]:
         for path in sorted(self.dir.glob("batch_*.npz")):
             with np.load(path, allow_pickle=False) as data:
-                yield Shard(**{k: data[k] for k in Shard.__dataclass_fields__})
+                values = {k: data[k] for k in Shard.__dataclass_fields__ if k in data.files}
+            values.setdefault("prompt_crc", np.full(len(values["tokens"]), MISSING_CRC, dtype=np.int64))
+            yield Shard(**values)
 
-    def done_tokens(self) -> set:
-        done = set()
-        for shard in self.shards():
-            done.update(shard.tokens.tolist())
-        return done
+    def done_tokens(self, expected: Optional[Dict[str, tuple]] = None) -> set:
+        return set(self.collect(expected)[0])
 
-    def collect(self) -> tuple[Dict[str, tuple], Dict[str, str]]:
-        """``(results, failures)``: token -> (prefill, decoding, n_prompt, generated, stopped)."""
+    def collect(self, expected: Optional[Dict[str, tuple]] = None) -> tuple[Dict[str, tuple], Dict[str, str], set]:
+        """``(results, failures, by_length)``: token -> (prefill, decoding, n_prompt, generated,
+        stopped, prompt_crc); failure messages; tokens matched by prompt length only.
+
+        With ``expected`` (token -> (prompt_checksum, prompt length) of the current prompts) only
+        rows made from those prompts count; rows written before checksums were kept match on
+        the prompt length, and are listed in ``by_length``.
+        """
         results: Dict[str, tuple] = {}
         failures: Dict[str, str] = {}
+        by_length: set = set()
         for shard in self.shards():
             for row, token in enumerate(shard.tokens.tolist()):
-                results[token] = (shard.prefill[row], shard.decoding[row], int(shard.n_prompt[row]),
-                                  shard.generated(row), bool(shard.stopped[row]))
+                crc, n_prompt = int(shard.prompt_crc[row]), int(shard.n_prompt[row])
+                if expected is not None:
+                    want = expected.get(token)
+                    if want is None or (crc != want[0] if crc != MISSING_CRC else n_prompt != want[1]):
+                        continue      # not an item now, or made from a prompt that has changed since
+                    if token in results and crc == MISSING_CRC:
+                        continue      # a checksummed row of this prompt wins
+                    (by_length.add if crc == MISSING_CRC else by_length.discard)(token)
+                results[token] = (shard.prefill[row], shard.decoding[row], n_prompt,
+                                  shard.generated(row), bool(shard.stopped[row]), crc)
             for token, err in zip(shard.failed.tolist(), shard.errors.tolist()):
                 if token not in results:
                     failures[token] = err
         for token in results:
             failures.pop(token, None)
-        return results, failures
+        return results, failures, by_length
 
 
 def make_shard(tokens: List[str], prefill: np.ndarray, decoding: np.ndarray, n_prompt: List[int],
                generated: List[List[int]], stopped: List[bool],
-               failed: Optional[Dict[str, str]] = None) -> Shard:
+               failed: Optional[Dict[str, str]] = None, *, prompt_crc: List[int]) -> Shard:
     lengths = [len(g) for g in generated]
     offsets = np.zeros(len(generated) + 1, dtype=np.int64)
     offsets[1:] = np.cumsum(lengths)
@@ -136,6 +162,7 @@ def make_shard(tokens: List[str], prefill: np.ndarray, decoding: np.ndarray, n_p
     failed = failed or {}
     return Shard(tokens=np.array(tokens, dtype=str), prefill=prefill.astype(np.float32),
                  decoding=decoding.astype(np.float32), n_prompt=np.array(n_prompt, dtype=np.int32),
+                 prompt_crc=np.array(prompt_crc, dtype=np.int64).reshape(len(tokens)),
                  gen_flat=flat, gen_offsets=offsets, stopped=np.array(stopped, dtype=bool),
                  failed=np.array(list(failed.keys()), dtype=str),
                  errors=np.array(list(failed.values()), dtype=str))
