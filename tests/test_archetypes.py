@@ -89,6 +89,22 @@ def test_batched_left_padded_equals_one_by_one_and_stops_at_eos(tiny_llama):
         torch.testing.assert_close(one.decoding[0], batch.decoding[row], atol=1e-5, rtol=1e-4)
 
 
+def test_sampling_with_a_generator_per_row_does_not_depend_on_the_batch(tiny_llama):
+    """An item retried alone (or in another batch) samples what it sampled in its batch."""
+    prompts = _prompts()
+    gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]
+    kwargs = dict(max_new_tokens=6, stop_ids=[], pad_id=0, do_sample=True)
+    batch = generate_and_embed(tiny_llama, prompts, generator=gens([11, 12, 13, 14]), **kwargs)
+    alone = generate_and_embed(tiny_llama, [prompts[1]], generator=gens([12]), **kwargs)
+    other = generate_and_embed(tiny_llama, [prompts[2], prompts[1]], generator=gens([13, 12]), **kwargs)
+    assert alone.generated[0] == batch.generated[1] == other.generated[1]
+    assert other.generated[0] == batch.generated[2]
+    shared = generate_and_embed(tiny_llama, prompts, generator=torch.Generator().manual_seed(12), **kwargs)
+    assert shared.generated != batch.generated   # one generator for the batch: draws depend on the rows
+    with pytest.raises(ValueError, match="3 generators for 4 prompts"):
+        generate_and_embed(tiny_llama, prompts, generator=gens([1, 2, 3]), **kwargs)
+
+
 def test_decoding_mean_covers_generated_tokens_only(tiny_llama):
     prompts = _prompts()
     batch = generate_and_embed(tiny_llama, prompts, max_new_tokens=5, stop_ids=[7], pad_id=0)
@@ -276,12 +292,12 @@ def test_a_rerun_of_a_failed_item_keeps_the_rest_of_its_batch(reference_run, tmp
     real = pipeline._extract
     victim = []
 
-    def flaky(llm, prompt_ids, gen, seed):
+    def flaky(llm, prompt_ids, gen, tokens):
         if not victim:
             victim.append(prompt_ids[-1])           # the first batch's last item
         if victim[0] in prompt_ids:
             raise ValueError("simulated failure")
-        return real(llm, prompt_ids, gen, seed)
+        return real(llm, prompt_ids, gen, tokens)
 
     monkeypatch.setattr(pipeline, "_extract", flaky)
     with pytest.raises(pipeline.ArchetypeError, match=r"1 item\(s\) have no archetype.*simulated failure"):

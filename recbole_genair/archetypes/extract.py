@@ -51,7 +51,7 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
 
 
 def _pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_p: float,
-          generator: Optional[torch.Generator]) -> torch.Tensor:
+          generator: Optional[torch.Generator | Sequence[torch.Generator]]) -> torch.Tensor:
     if not do_sample:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / max(temperature, 1e-6), dim=-1)
@@ -60,6 +60,8 @@ def _pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_p: floa
         keep = sorted_p.cumsum(-1) - sorted_p < top_p
         sorted_p = sorted_p * keep
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    if isinstance(generator, (list, tuple)):  # one per row: a row's draws do not depend on its batch
+        return torch.cat([torch.multinomial(row, 1, generator=g) for row, g in zip(probs, generator)])
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
@@ -128,15 +130,20 @@ def _prefill(decoder, prompt_ids: Sequence[Sequence[int]], pad_id: int, device, 
 def generate_and_embed(model, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int,
                        stop_ids: Sequence[int], pad_id: int, do_sample: bool = False,
                        temperature: float = 1.0, top_p: float = 1.0,
-                       generator: Optional[torch.Generator] = None,
+                       generator: Optional[torch.Generator | Sequence[torch.Generator]] = None,
                        share_prefix: bool = True) -> BatchResult:
     """Generate archetypes for a batch and return both pooled embeddings (one pass).
+
+    ``generator``: for sampling, one generator, or one per row (then each row samples the
+    same tokens whatever batch it runs in, up to float round-off).
 
     ``share_prefix`` computes the prompts' common prefix once (see :func:`_prefill`); the
     results equal the unshared pass up to float round-off, like a change of thread count.
     """
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be >= 1")
+    if isinstance(generator, (list, tuple)) and len(generator) != len(prompt_ids):
+        raise ValueError(f"{len(generator)} generators for {len(prompt_ids)} prompts")
     device = next(model.parameters()).device
     decoder, head = model.get_decoder(), model.get_output_embeddings()
     last, prefill, cache, mask, last_pos = _prefill(decoder, prompt_ids, pad_id, device, share_prefix)

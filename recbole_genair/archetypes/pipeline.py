@@ -180,10 +180,19 @@ def _teacher_force_batches(job: ArchetypeJob, batches, prompt_ids, generated, de
         yield n, batches[n], pre, dec
 
 
-def _extract(llm: LoadedLLM, prompt_ids, gen: GenerationSettings, seed: int):
+def item_seed(seed: int, token: str) -> int:
+    """The sampling seed of one item: the run's seed and the item token, nothing else."""
+    return zlib.crc32(f"{seed}\t{token}".encode())
+
+
+def _extract(llm: LoadedLLM, prompt_ids, gen: GenerationSettings, tokens: Sequence[str]):
+    """Generate for one batch; when sampling, each item draws from its own generator
+    (:func:`item_seed`), so an item retried alone, in another batch or under ``--limit``
+    samples what it would have in the whole run."""
     generator = None
     if gen.do_sample:
-        generator = torch.Generator(device=next(llm.model.parameters()).device).manual_seed(seed)
+        device = next(llm.model.parameters()).device
+        generator = [torch.Generator(device=device).manual_seed(item_seed(gen.seed, t)) for t in tokens]
     return generate_and_embed(llm.model, prompt_ids, max_new_tokens=gen.max_new_tokens,
                               stop_ids=llm.stop_ids, pad_id=llm.pad_id, do_sample=gen.do_sample,
                               temperature=gen.temperature, top_p=gen.top_p, generator=generator)
@@ -197,10 +206,9 @@ def _run_batch(task) -> tuple[int, Shard, List[str]]:
     """
     batch_no, tokens, prompt_ids, gen = task
     llm: LoadedLLM = _worker_llm()
-    seed = gen.seed + batch_no
     rows, failed = [], {}
     try:
-        res = _extract(llm, prompt_ids, gen, seed)
+        res = _extract(llm, prompt_ids, gen, tokens)
         rows = list(range(len(tokens)))
         results = [(res.prefill[i], res.decoding[i], res.generated[i], res.stopped[i]) for i in rows]
     except (RuntimeError, ValueError) as exc:  # e.g. out of memory: fall back to one by one, loudly
@@ -208,7 +216,7 @@ def _run_batch(task) -> tuple[int, Shard, List[str]]:
         results = []
         for i, ids in enumerate(prompt_ids):
             try:
-                one = _extract(llm, [ids], gen, seed * 1000 + i)
+                one = _extract(llm, [ids], gen, [tokens[i]])
                 rows.append(i)
                 results.append((one.prefill[0], one.decoding[0], one.generated[0], one.stopped[0]))
             except (RuntimeError, ValueError) as err:
@@ -234,7 +242,9 @@ def job_settings(job: ArchetypeJob, llm: LoadedLLM, spec: PromptSpec) -> dict:
     template = getattr(llm.tokenizer, "chat_template", None)
     return {"llm": llm.identity(), "prompt": spec.as_dict(),
             "chat_template_crc": zlib.crc32(template.encode()) if template else None,
-            "generation": job.generation.as_dict(), "batch_size": job.batch_size}
+            "generation": job.generation.as_dict(), "batch_size": job.batch_size,
+            # sampled runs of earlier versions seeded each batch, not each item: never mixed in
+            **({"sampling_seeds": "per item"} if job.generation.do_sample else {})}
 
 
 def run(job: ArchetypeJob) -> dict:
@@ -405,14 +415,14 @@ def _settings_diff(recorded, current, path: str = "") -> List[str]:
 def _verify_batch(task) -> List[tuple]:
     """Regenerate one planned batch; ``(token, committed ids, regenerated ids)`` per item."""
     batch_no, tokens, prompt_ids, committed, gen = task
-    res = _extract(_worker_llm(), prompt_ids, gen, gen.seed + batch_no)
+    res = _extract(_worker_llm(), prompt_ids, gen, tokens)
     return [(t, c, list(g)) for t, c, g in zip(tokens, committed, res.generated)]
 
 
 def verify_texts(job: ArchetypeJob, sample: Optional[int] = None, seed: int = 0) -> dict:
     """Regenerate the committed texts' batches and compare the token ids (nothing is written).
 
-    Batches are planned exactly as :func:`run` plans them (same order, size and per-batch seed),
+    Batches are planned exactly as :func:`run` plans them (same order and size; per-item seeds),
     so a greedy run must give the committed ids; ``sample`` checks that many batches drawn at
     random (``seed``) instead of all.  The settings must be the ones recorded with the texts.
     """
