@@ -79,6 +79,16 @@ def test_eval_cache_matches_uncached_scores_and_is_rebuilt_after_a_step(fast_con
         assert model.item_embedding.weight is not cached
         torch.testing.assert_close(model.item_embedding.weight, model.item_embedding.project())
     assert not torch.allclose(after, first)
+    # a fused optimizer updates parameters in place without bumping their version counter
+    fused = torch.optim.Adam(model.parameters(), lr=1e-2, fused=True)
+    with torch.no_grad():
+        cached = model.item_embedding.weight
+    loss = model.calculate_loss(next(iter(train)))
+    fused.zero_grad()
+    loss.backward()
+    fused.step()
+    with torch.no_grad():
+        torch.testing.assert_close(model.item_embedding.weight, model.item_embedding.project())
 
 
 def test_loss_is_rank_loss_plus_alpha_times_calibration(fast_config):

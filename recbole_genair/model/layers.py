@@ -113,6 +113,9 @@ class CachedTable(nn.Module):
             yield self._step_table
         finally:
             self._step_table, self._sparse_step = None, False
+            # the optimizer step that follows may change parameters without bumping their
+            # version (fused Adam on torch 2.13 does not): no eval table survives a step
+            self._eval_table, self._eval_key = None, None
 
     def train(self, mode: bool = True):
         self._eval_table, self._eval_key = None, None
