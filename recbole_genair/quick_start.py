@@ -52,6 +52,7 @@ def build_config(model: str = "SASRec", dataset: str = "ml-100k", method: str = 
     klass = model_class(model, method)
     config_dict = method_settings(method, config_dict)  # an ablation's fixed settings
     config = Config(model=klass, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    method_settings(method, config.file_config_dict)  # nor in a YAML file (config_dict outranks files)
     check_dataset(config)
     return config
 

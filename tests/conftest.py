@@ -40,10 +40,7 @@ def data_root(tmp_path_factory) -> Path:
     convert("ml-100k", out_dir=root, progress=False)
     keep_last_per_user(root / "ml-100k" / "ml-100k.inter", KEEP_LAST)
     committed = DATASET_DIR / "ml-100k"
-    for suffix in ("archetype", "cooc.npz"):
-        src = committed / f"ml-100k.{suffix}"
-        if src.is_file():
-            shutil.copy(src, root / "ml-100k" / src.name)
+    shutil.copy(committed / "ml-100k.archetype", root / "ml-100k" / "ml-100k.archetype")  # committed
     return root
 
 

@@ -411,13 +411,14 @@ def test_a_worker_process_that_dies_ends_the_run_with_an_error_that_says_how_to_
         list(pipeline._map(job, os._exit, [1, 1]))
 
 
-def test_other_settings_never_mix_into_the_cache(reference_run):
-    job = _job(reference_run)
+def test_other_settings_never_mix_into_the_cache(reference_run, tmp_path):
+    root = tmp_path / "copy"                 # the shared reference stays as it is for other tests
+    shutil.copytree(reference_run, root)
+    job = _job(root)
     job.generation = pipeline.GenerationSettings(max_new_tokens=3)
     summary = pipeline.run(job)
     assert summary["generated_now"] == N_ITEMS  # new key, nothing reused
-    assert len(list((reference_run / "ml-100k" / "archetypes" / "cache").iterdir())) == 2
-    pipeline.run(_job(reference_run))  # restore the reference outputs for other tests
+    assert len(list((root / "ml-100k" / "archetypes" / "cache").iterdir())) == 2
 
 
 def test_features_follow_item_tokens_not_rows(reference_run, tmp_path):
@@ -490,3 +491,15 @@ def test_item_file_values_are_read_as_recbole_reads_them(tmp_path):
     assert '"""Mermaid"" Eye Shadow"' in path.read_text()
     _, rows = read_item_file(path)
     assert [r["title"] for r in rows] == ['"Mermaid" Eye Shadow', 'Plain "quoted" word']
+
+
+@pytest.mark.parametrize("name", ["ml-100k", "Amazon_Beauty"])
+def test_the_default_settings_are_those_of_the_committed_texts(name):
+    """With the CLI's defaults the step reuses (and --verify-texts checks) the committed texts:
+    a default that drifts from them (batch size 16 vs 32 once) regenerated every item."""
+    from recbole_genair.archetypes.store import settings_key
+    meta = json.loads((DATASET_DIR / name / "archetypes" / f"{name}.archetypes.meta.json").read_text())
+    job = pipeline.ArchetypeJob(dataset=name)
+    settings = pipeline.job_settings(job, pipeline._driver_llm(job), pipeline.prompt_spec_for(name))
+    assert pipeline._settings_diff(meta["settings"], json.loads(json.dumps(settings, default=str))) == []
+    assert settings_key(settings) == meta["key"]

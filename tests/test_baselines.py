@@ -459,6 +459,36 @@ def test_llmemb_alignment_to_a_pretrained_id_table_decreases(make_model, setting
     assert torch.equal(make_model("llmemb", "SASRec", llmemb_id_checkpoint=str(path))[0].collaborative_table(), table)
 
 
+def test_alignment_losses_equal_their_formulas_written_out():
+    """RLMRec's InfoNCE (cosine / τ, row i's positive is row i) and LLMEmb's soft contrastive
+    loss (the reference's Contrastive_Loss2: logits x·yᵀ/τ, targets softmax((x·xᵀ + y·yᵀ)/2 · τ),
+    symmetric), element by element in float64."""
+    import math
+
+    from recbole_genair.model.baselines.rlmrec import info_nce
+    torch.manual_seed(3)
+    x, y, tau = torch.randn(3, 2, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64), 0.7
+    cos = lambda a, b: float(a @ b / (a.norm() * b.norm()))
+    expected = sum(-math.log(math.exp(cos(x[i], y[i]) / tau) / sum(math.exp(cos(x[i], y[j]) / tau) for j in range(3)))
+                   for i in range(3)) / 3
+    assert float(info_nce(x, y, tau)) == pytest.approx(expected, rel=1e-12)
+
+    dot = lambda a, b: float(a @ b)
+    def softmax(v):
+        z = sum(math.exp(t) for t in v)
+        return [math.exp(t) / z for t in v]
+    targets = [softmax([(dot(y[i], y[j]) + dot(x[i], x[j])) / 2 * tau for j in range(3)]) for i in range(3)]
+    def side(a, b, t):   # rows of a against b, soft targets t[i][j]
+        total = 0.0
+        for i in range(3):
+            logz = math.log(sum(math.exp(dot(a[i], b[j]) / tau) for j in range(3)))
+            total += -sum(t[i][j] * (dot(a[i], b[j]) / tau - logz) for j in range(3))
+        return total / 3
+    transposed = [[targets[j][i] for j in range(3)] for i in range(3)]
+    expected = (side(x, y, targets) + side(y, x, transposed)) / 2
+    assert float(soft_contrastive_loss(x, y, tau)) == pytest.approx(expected, rel=1e-12)
+
+
 def test_soft_contrastive_loss_prefers_matched_pairs():
     torch.manual_seed(0)
     x = torch.randn(16, 8)

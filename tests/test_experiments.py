@@ -231,6 +231,7 @@ def test_one_real_cell(fast_config, tmp_path):
     (record,) = outcome.records
     assert record["seed"] == 2020  # properties/overall.yaml's seed, k = 0
     assert 0 < record["test_result"]["ndcg@10"] <= record["test_result"]["hit@10"] <= 1
+    assert record["test_result"]["ndcg@10"] > 0.06   # random among 101 candidates: about 0.045
     assert record["protocol"] == "100 fixed sampled negatives per user"
     epochs = fast_config["epochs"]
     assert record["epochs_run"] == epochs and len(record["valid_curve"]) == epochs

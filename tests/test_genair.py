@@ -27,7 +27,7 @@ def test_features_land_on_the_right_item_ids(fast_config, data_root):
     id2token = dataset.field2id_token["item_id"]
     feats = model.item_embedding.features.numpy()
     assert np.all(feats[0] == 0)  # padding
-    for item_id in (1, 2, 100, dataset.item_num - 1):
+    for item_id in range(1, dataset.item_num):
         np.testing.assert_array_equal(feats[item_id], by_token[id2token[item_id]])
     # the test copy keeps each user's last 20 items, so the file has rows for unused items
     assert len(tokens) > dataset.item_num - 1
@@ -44,10 +44,17 @@ def test_missing_feature_rows_are_an_error_not_zeros(fast_config, tmp_path, data
 @pytest.mark.parametrize("features,width", [(["prefill", "decoding"], None), (["prefill"], "prefill_emb"),
                                             (["decoding"], "decoding_emb")])
 def test_ablation_switches_select_feature_halves(fast_config, data_root, features, width):
-    _, _, model, _ = _prepare(fast_config, genair_features=features)
-    _, cols = read_feature_file(data_root / "ml-100k" / "ml-100k.archetype", ["prefill_emb", "decoding_emb"])
+    dataset, _, model, _ = _prepare(fast_config, genair_features=features)
+    tokens, cols = read_feature_file(data_root / "ml-100k" / "ml-100k.archetype", ["prefill_emb", "decoding_emb"])
     expected = cols[width].shape[1] if width else cols["prefill_emb"].shape[1] + cols["decoding_emb"].shape[1]
     assert model.item_embedding.projector[0].in_features == expected
+    # the values are that half's (the widths alone would not tell halves of equal size apart)
+    row = {t: i for i, t in enumerate(tokens)}
+    picked = [cols[width]] if width else [cols["prefill_emb"], cols["decoding_emb"]]
+    id2token = dataset.field2id_token["item_id"]
+    for item_id in (1, dataset.item_num - 1):
+        np.testing.assert_array_equal(model.item_embedding.features[item_id].numpy(),
+                                      np.concatenate([c[row[id2token[item_id]]] for c in picked]))
 
 
 def test_table_replaces_id_embedding_and_keeps_padding_and_mask_token(fast_config):
@@ -119,8 +126,15 @@ def test_loss_is_rank_loss_plus_alpha_times_calibration(fast_config):
 
 
 def test_without_calibration_builds_no_loss(fast_config):
-    _, _, model, _ = _prepare(fast_config, calibration_alpha=0)
+    from recbole.model.sequential_recommender import SASRec
+    _, (train, _, _), model, _ = _prepare(fast_config, calibration_alpha=0)
     assert model.calibration is None
+    batch = next(iter(train))                 # the loss is RecBole SASRec's own, on the projected table
+    model.train()
+    torch.manual_seed(0)
+    ours = model.calculate_loss(batch)
+    torch.manual_seed(0)
+    torch.testing.assert_close(ours, SASRec.calculate_loss(model, batch))
 
 
 @pytest.mark.parametrize("backbone", ["SASRec", "GRU4Rec", "BERT4Rec"])
@@ -235,6 +249,17 @@ def test_item_table_norm_l2_gives_unit_item_rows_on_both_paths(backbone, fast_co
     assert default.item_embedding.project()[1:].norm(dim=-1).std() > 1e-3  # off by default
     with pytest.raises(ValueError, match="item_table_norm must be one of none, l2"):
         _prepare(fast_config, backbone, item_table_norm="layer")
+
+
+def test_calibration_counts_are_those_of_recboles_training_split(fast_config):
+    """The counts the loss uses equal a naive pair count over the sequences RecBole trains on
+    (its train split, each user's first item put back): no valid or test item enters."""
+    from recbole_genair.data.cooccurrence import naive_cooccurrence_counts
+    from recbole_genair.data.dataset import interaction_columns
+    dataset, (train, _, _), _, _ = _prepare(fast_config)
+    users, items, times = interaction_columns(train._dataset)
+    expected = naive_cooccurrence_counts(users, items, times, n_items=dataset.item_num, holdout=0)
+    assert (dataset.item_cooccurrence != expected).nnz == 0 and expected.nnz > 0
 
 
 def test_calibration_counts_follow_the_leave_one_out_split_and_refuse_others(fast_config):

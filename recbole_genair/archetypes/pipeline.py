@@ -73,7 +73,7 @@ class ArchetypeJob:
     dataset: str
     llm: str = DEFAULT_LLM
     generation: GenerationSettings = field(default_factory=GenerationSettings)
-    batch_size: int = 16
+    batch_size: int = 32   # the committed texts were made at 32: the cache key includes it
     pca: float = 0.95
     device: str = "cpu"
     workers: int = 1
