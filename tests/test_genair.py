@@ -98,8 +98,10 @@ def test_eval_cache_matches_uncached_scores_and_is_rebuilt_after_a_step(fast_con
         torch.testing.assert_close(model.item_embedding.weight, model.item_embedding.project())
 
 
-def test_loss_is_rank_loss_plus_alpha_times_calibration(fast_config):
-    dataset, (train, _, _), model, _ = _prepare(fast_config, calibration_alpha=0.1, calibration_gamma=2.0)
+@pytest.mark.parametrize("backbone", ["SASRec", "BERT4Rec"])
+def test_loss_is_rank_loss_plus_alpha_times_calibration(fast_config, backbone):
+    dataset, (train, _, _), model, _ = _prepare(fast_config, backbone=backbone, calibration_alpha=0.1,
+                                                calibration_gamma=2.0)
     interaction = next(iter(train))
     model.train()
     torch.manual_seed(0)
@@ -109,7 +111,9 @@ def test_loss_is_rank_loss_plus_alpha_times_calibration(fast_config):
     torch.manual_seed(0)
     rank = model.calculate_loss(interaction)
     # the paper's formula, evaluated directly on the batch's distinct target items
-    items = torch.unique(interaction["item_id"])
+    # (BERT4Rec predicts the items at its masked positions; 0 pads that list)
+    targets = interaction["Pos_item_id"] if backbone == "BERT4Rec" else interaction["item_id"]
+    items = torch.unique(targets[targets > 0])
     with torch.no_grad():
         e = torch.nn.functional.normalize(model.item_embedding.project()[items], dim=-1)
     s = normalized_scores(dataset.item_cooccurrence)
