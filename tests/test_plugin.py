@@ -241,6 +241,29 @@ def test_interrupted_training_resumes_to_the_uninterrupted_result(backbone, fast
     assert again_epochs == [] and again["test_result"] == whole["test_result"]
 
 
+def test_a_run_that_stopped_early_is_finished_on_resume(fast_config, tmp_path, monkeypatch):
+    """Early stopping, not the epoch count, ended training: the same command again trains
+    nothing and reports the same test result."""
+    from recbole_genair.trainer import GenAIRTrainer
+    real = GenAIRTrainer._valid_epoch
+    scores = iter([0.5, 0.4, 0.3, 0.2, 0.1])
+
+    def falling(self, valid_data, show_progress=False):   # every epoch after the first is worse
+        _, result = real(self, valid_data, show_progress)
+        score = next(scores)
+        self.valid_curve[-1] = (self.valid_curve[-1][0], score)
+        return score, result
+
+    monkeypatch.setattr(GenAIRTrainer, "_valid_epoch", falling)
+    settings = dict(fast_config, epochs=5, stopping_step=0, progress_file=str(tmp_path / "p.pth"))
+    first = run("GRU4Rec", "ml-100k", "base", config_dict=settings)
+    assert first["epochs_run"] == 2 and first["best_epoch"] == 0          # stopped after epoch 1
+    again_epochs = []
+    again = run("GRU4Rec", "ml-100k", "base", config_dict=settings,
+                callback=lambda epoch_idx, score: again_epochs.append(epoch_idx))
+    assert again_epochs == [] and again["test_result"] == first["test_result"]
+
+
 def test_parallel_runs_in_one_checkpoint_dir_get_their_own_best_checkpoint(fast_config, tmp_path, monkeypatch):
     """Two seeds of one experiment started in the same second used to share RecBole's
     '<model>-<start time>.pth' and overwrite each other's best weights."""
