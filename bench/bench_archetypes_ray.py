@@ -52,7 +52,7 @@ def run_once(backend: str, root: Path, args) -> tuple[float, dict]:
     summary = pipeline.run(job)
     seconds = time.perf_counter() - start
     store_dir = Path(summary["cache"])
-    results, _, _ = ShardStore(store_dir.parent, _settings(store_dir)).collect()
+    results = ShardStore(store_dir.parent, _settings(store_dir)).collect().results
     return seconds, {token: r[3] for token, r in results.items()}
 
 

@@ -498,8 +498,8 @@ def test_the_default_settings_are_those_of_the_committed_texts(name):
     """With the CLI's defaults the step reuses (and --verify-texts checks) the committed texts:
     a default that drifts from them (batch size 16 vs 32 once) regenerated every item."""
     from recbole_genair.archetypes.store import settings_key
-    meta = json.loads((DATASET_DIR / name / "archetypes" / f"{name}.archetypes.meta.json").read_text())
+    meta_file = DATASET_DIR / name / "archetypes" / f"{name}.archetypes.meta.json"
     job = pipeline.ArchetypeJob(dataset=name)
     settings = pipeline.job_settings(job, pipeline._driver_llm(job), pipeline.prompt_spec_for(name))
-    assert pipeline._settings_diff(meta["settings"], json.loads(json.dumps(settings, default=str))) == []
-    assert settings_key(settings) == meta["key"]
+    assert pipeline._recorded_changes(meta_file, settings) == []
+    assert settings_key(settings) == json.loads(meta_file.read_text())["key"]

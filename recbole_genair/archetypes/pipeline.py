@@ -41,7 +41,7 @@ from recbole_genair.archetypes.extract import generate_and_embed, teacher_forced
 from recbole_genair.archetypes.llm import DEFAULT_LLM, LoadedLLM, encode_prompts, load_llm
 from recbole_genair.archetypes.prompt import PromptSpec, build_prompt, check_fields, read_item_file
 from recbole_genair.archetypes.store import (MISSING_CRC, Shard, ShardStore, atomic_write_text, make_shard,
-                                             prompt_checksum, settings_key)
+                                             prompt_checksum, prompt_matches, settings_key)
 from recbole_genair.paths import DATASET_DIR, dataset_properties
 
 logger = logging.getLogger(__name__)
@@ -260,11 +260,11 @@ def run(job: ArchetypeJob) -> dict:
     cache_root = job.data_dir / "archetypes" / "cache"
     store = ShardStore(cache_root, settings)
     expected = expected_prompts(tokens, prompt_ids)
-    done = store.done_tokens(expected)
-    changed = len(store.done_tokens() & set(tokens) - done)
-    if changed:
+    cached = store.collect(expected)
+    done = set(cached.results)
+    if cached.stale:
         logger.info("%d item(s) have another prompt than when they were generated (metadata edited?): "
-                    "generating them again", changed)
+                    "generating them again", len(cached.stale))
     done |= seed_from_texts(job, store, tokens, prompt_ids, done)
     batches = plan_batches(tokens, prompt_ids, job.batch_size)
     tasks = []
@@ -283,7 +283,7 @@ def run(job: ArchetypeJob) -> dict:
             failed += bad
             bar.update(len(shard.tokens) + len(bad))
     elapsed = time.time() - t0
-    results, failures, by_length = store.collect(expected)
+    results, failures, by_length, _ = store.collect(expected)
     if by_length:
         logger.info("%d cached item(s) were written before prompt checksums were kept: matched by "
                     "prompt length", len(by_length))
@@ -359,7 +359,7 @@ def export_texts(job: ArchetypeJob) -> dict:
     llm = _driver_llm(job)
     settings = job_settings(job, llm, spec)
     store = ShardStore(job.data_dir / "archetypes" / "cache", settings)
-    results, _, _ = store.collect(expected_prompts(tokens, encode_prompts(llm.tokenizer, prompts)))
+    results = store.collect(expected_prompts(tokens, encode_prompts(llm.tokenizer, prompts))).results
     done = [t for t in tokens if t in results]
     write_texts(job, done, [results[t] for t in done], llm, settings, complete=len(done) == len(tokens))
     return {"exported": len(done), "items": len(tokens), "texts": str(texts_path(job.data_dir, job.dataset))}
@@ -373,9 +373,7 @@ def expected_prompts(tokens, prompt_ids) -> Dict[str, tuple]:
 def same_prompt(record: dict, ids) -> bool:
     """Whether a texts-file record was generated from prompt ``ids`` (files written before
     checksums were kept record only the prompt's length)."""
-    if "prompt_crc" in record:
-        return record["prompt_crc"] == prompt_checksum(ids)
-    return record["n_prompt"] == len(ids)
+    return prompt_matches(record.get("prompt_crc", MISSING_CRC), record["n_prompt"], (prompt_checksum(ids), len(ids)))
 
 
 def seed_from_texts(job: ArchetypeJob, store: ShardStore, tokens, prompt_ids, done: set) -> set:
@@ -412,6 +410,16 @@ def _settings_diff(recorded, current, path: str = "") -> List[str]:
     return [] if recorded == current else [f"{path.rstrip('.')}: {recorded!r} -> {current!r}"]
 
 
+def _recorded_changes(meta_file: Path, settings: dict, keys: Optional[Sequence[str]] = None) -> List[str]:
+    """``key: recorded -> current`` for each setting (or each of ``keys``) that differs from the
+    settings recorded in ``meta_file``."""
+    recorded = json.loads(json.dumps(json.loads(meta_file.read_text()).get("settings", {}), default=str))
+    current = json.loads(json.dumps(settings, default=str))
+    if keys is not None:
+        recorded, current = ({k: d.get(k) for k in keys} for d in (recorded, current))
+    return _settings_diff(recorded, current)
+
+
 def _verify_batch(task) -> List[tuple]:
     """Regenerate one planned batch; ``(token, committed ids, regenerated ids)`` per item."""
     batch_no, tokens, prompt_ids, committed, gen = task
@@ -434,9 +442,7 @@ def verify_texts(job: ArchetypeJob, sample: Optional[int] = None, seed: int = 0)
     records = read_texts(path)
     llm = _driver_llm(job)
     settings = job_settings(job, llm, spec)
-    recorded = json.loads(meta_file.read_text()).get("settings", {})
-    diff = _settings_diff(json.loads(json.dumps(recorded, default=str)),
-                          json.loads(json.dumps(settings, default=str)))
+    diff = _recorded_changes(meta_file, settings)
     if diff:
         raise ArchetypeError(f"{path} was made with other settings; pass the recorded ones "
                              f"(recorded -> given): " + "; ".join(diff))
@@ -609,13 +615,10 @@ def rebuild_from_texts(job: ArchetypeJob) -> dict:
     settings = job_settings(job, llm, spec)
     # the hidden states must come from the LLM and prompt the texts were generated with (the
     # meta file keeps describing them); generation settings do not enter teacher forcing
-    if not meta_path(job.data_dir, job.dataset).is_file():
-        raise ArchetypeError(f"{meta_path(job.data_dir, job.dataset)} not found: which LLM and prompt "
-                             f"made {path} is unknown")
-    recorded = json.loads(meta_path(job.data_dir, job.dataset).read_text()).get("settings", {})
-    diff = [d for key in TEACHER_FORCING_KEYS
-            for d in _settings_diff(json.loads(json.dumps(recorded.get(key), default=str)),
-                                    json.loads(json.dumps(settings.get(key), default=str)), f"{key}.")]
+    meta_file = meta_path(job.data_dir, job.dataset)
+    if not meta_file.is_file():
+        raise ArchetypeError(f"{meta_file} not found: which LLM and prompt made {path} is unknown")
+    diff = _recorded_changes(meta_file, settings, TEACHER_FORCING_KEYS)
     if diff:
         raise ArchetypeError(f"{path} was generated with another LLM or prompt (recorded -> given): "
                              + "; ".join(diff))

@@ -17,7 +17,7 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, NamedTuple, Optional
 
 import numpy as np
 
@@ -28,6 +28,22 @@ MISSING_CRC = -1   # rows written before prompt checksums were kept: matched by 
 def prompt_checksum(ids) -> int:
     """CRC-32 of a prompt's token ids: which prompt a cached or committed result was made from."""
     return zlib.crc32(np.asarray(ids, dtype=np.int64).tobytes())
+
+
+def prompt_matches(crc: int, n_prompt: int, expected: tuple) -> bool:
+    """Whether a result recorded with prompt checksum ``crc`` and length ``n_prompt`` was made
+    from the prompt ``expected`` = (prompt_checksum, length); results recorded before checksums
+    were kept (``MISSING_CRC``) can only be matched by length."""
+    return crc == expected[0] if crc != MISSING_CRC else n_prompt == expected[1]
+
+
+class Collected(NamedTuple):
+    """What :meth:`ShardStore.collect` finds."""
+
+    results: Dict[str, tuple]   # token -> (prefill, decoding, n_prompt, generated, stopped, prompt_crc)
+    failures: Dict[str, str]    # token -> error message, for tokens without a result
+    by_length: set              # tokens matched by prompt length only (rows without a checksum)
+    stale: set                  # tokens whose rows were all made from another prompt
 
 
 def settings_key(settings: dict) -> str:
@@ -119,26 +135,29 @@ class ShardStore:
             yield Shard(**values)
 
     def done_tokens(self, expected: Optional[Dict[str, tuple]] = None) -> set:
-        return set(self.collect(expected)[0])
+        return set(self.collect(expected).results)
 
-    def collect(self, expected: Optional[Dict[str, tuple]] = None) -> tuple[Dict[str, tuple], Dict[str, str], set]:
-        """``(results, failures, by_length)``: token -> (prefill, decoding, n_prompt, generated,
-        stopped, prompt_crc); failure messages; tokens matched by prompt length only.
+    def collect(self, expected: Optional[Dict[str, tuple]] = None) -> Collected:
+        """The results in the store, their failures, and which matched how.
 
         With ``expected`` (token -> (prompt_checksum, prompt length) of the current prompts) only
-        rows made from those prompts count; rows written before checksums were kept match on
-        the prompt length, and are listed in ``by_length``.
+        rows made from those prompts count (:func:`prompt_matches`); a row written before
+        checksums were kept counts by prompt length and its token is listed in ``by_length``;
+        a token with rows of other prompts only is listed in ``stale``.
         """
         results: Dict[str, tuple] = {}
         failures: Dict[str, str] = {}
         by_length: set = set()
+        stale: set = set()
         for shard in self.shards():
             for row, token in enumerate(shard.tokens.tolist()):
                 crc, n_prompt = int(shard.prompt_crc[row]), int(shard.n_prompt[row])
                 if expected is not None:
-                    want = expected.get(token)
-                    if want is None or (crc != want[0] if crc != MISSING_CRC else n_prompt != want[1]):
-                        continue      # not an item now, or made from a prompt that has changed since
+                    if token not in expected:
+                        continue      # not an item now
+                    if not prompt_matches(crc, n_prompt, expected[token]):
+                        stale.add(token)  # made from a prompt that has changed since
+                        continue
                     if token in results and crc == MISSING_CRC:
                         continue      # a checksummed row of this prompt wins
                     (by_length.add if crc == MISSING_CRC else by_length.discard)(token)
@@ -149,7 +168,7 @@ class ShardStore:
                     failures[token] = err
         for token in results:
             failures.pop(token, None)
-        return results, failures, by_length
+        return Collected(results, failures, by_length, stale - set(results))
 
 
 def make_shard(tokens: List[str], prefill: np.ndarray, decoding: np.ndarray, n_prompt: List[int],
