@@ -28,8 +28,11 @@ def parse(argv=None):
     parser.add_argument("--config_files", default=None, help="space-separated YAML files")
     parser.add_argument("--tune", action="store_true", help="Ray Tune hyperparameter search")
     parser.add_argument("--search_space", default=None, help="YAML search space (default: properties/tune/<method>.yaml)")
-    parser.add_argument("--num_samples", type=int, default=None, help="trials (default: the grid's size)")
-    parser.add_argument("--max_concurrent", type=int, default=None, help="trials at once (default: fits the CPUs)")
+    parser.add_argument("--num_samples", type=int, default=None,
+                        help="times the search space is run (Ray's num_samples): every grid point that many "
+                             "times, random keys drawn anew each time (default: 1 with a grid, else 10)")
+    parser.add_argument("--max_concurrent", type=int, default=None,
+                        help="trials at once (default: fits the CPUs; a resumed sweep keeps its first run's)")
     parser.add_argument("--ray_address", default=None, help="address of a running Ray cluster")
     parser.add_argument("--out", default=None,
                         help="the sweep's directory (default: a new one under ray_results/); "

@@ -31,3 +31,23 @@ def init_ray(ray_address: Optional[str], num_cpus: Optional[int] = None) -> bool
         ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
                  _system_config={"worker_niceness": 0})
     return True
+
+
+def nodes_not_seeing(path) -> list[str]:
+    """Alive nodes of the connected Ray on which ``path`` does not exist (their IP addresses).
+
+    A zero-CPU task pinned to each node checks the path there, so a busy cluster still
+    answers.  Ray 2.6 no longer copies files written on a worker node to the head node:
+    anything the driver and the trials share (a sweep's ``--out``) must be on storage every
+    node mounts at the same path."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0)
+    def exists(p: str) -> bool:
+        return os.path.exists(p)
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    probes = [exists.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+              .remote(str(path)) for n in nodes]
+    return [n["NodeManagerAddress"] for n, seen in zip(nodes, ray.get(probes)) if not seen]

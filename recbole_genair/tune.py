@@ -24,7 +24,8 @@ Search space (``properties/tune/<method>.yaml`` unless ``--search_space``)::
     scheduler: {type: asha, grace_period: 5, reduction_factor: 4}   # or {type: fifo}
 
 ``num_samples`` is Ray's: the grid is run ``num_samples`` times, drawing the random keys
-anew each time (default 1 when the space has a grid — every grid point once — else 10).
+anew each time (default 1 when the space has a grid — every grid point once — else 10), so a
+42-point grid with ``--num_samples=2`` is 84 trials.
 Precedence inside a trial, lowest first: YAML layers < ``--config_files`` < ``fixed`` <
 command-line ``--key=value`` < the trial's sampled values (a key cannot be both swept and
 set on the command line).  ``torch_threads`` is set to the trial's CPU reservation.
@@ -35,16 +36,23 @@ directory): ``trials.csv`` (one row per trial, best first, failed trials with th
 metrics, commands to reproduce) and ``best.json``.
 
 On a Ray cluster (``--ray_address``) the package and the data set must be importable /
-readable at the same absolute paths on every node; relative paths given here are made
-absolute on the driver.
+readable at the same absolute paths on every node, and ``--out`` must be on storage every
+node mounts at the same path (e.g. NFS): Ray 2.6 no longer copies trial checkpoints to the
+head node, so the sweep checks this on every node before it starts.  Relative paths given
+here or inside ``--config_files`` are made absolute on the driver.
 
 **An interrupted sweep continues** (``--out=DIR``): every trial trains with a progress file
 (``progress_file``, see ``recbole_genair.trainer``) and hands it, with its best checkpoint,
 to Ray as the trial's checkpoint after each validated epoch.  After Ctrl-C, a crash or a
 lost node, the same command with ``--out=`` the sweep's directory restores it through
-``Tuner.restore``: finished and failed trials are kept as they were, unfinished ones continue
-after their last reported epoch with the same numbers an uninterrupted trial would report.
-A directory holding a sweep of other settings is refused (``sweep.json`` records them).
+``Tuner.restore``: finished trials are kept as they were, unfinished ones continue after
+their last reported epoch with the same numbers an uninterrupted trial would report, and
+failed ones (a lost node, an out-of-memory kill) are retried from their last reported epoch —
+a trial that fails for a reason of its own fails again and is reported again.  ASHA's rungs
+are kept in ``scheduler_state.pkl`` after every report (Ray 2.6 restores the scheduler as it
+was built, empty), so a resumed sweep stops the same trials an uninterrupted one would.  A
+directory holding a sweep of other settings is refused (``sweep.json`` records them);
+``--max_concurrent`` is the first run's (Ray keeps it with the sweep).
 """
 from __future__ import annotations
 
@@ -61,7 +69,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from recbole_genair.cluster import init_ray
+from recbole_genair.cluster import LOCAL, init_ray, nodes_not_seeing
 from recbole_genair.experiments import resolved_settings, settings_changes
 from recbole_genair.paths import PROPERTIES_DIR, read_yaml
 from recbole_genair.quick_start import build_config
@@ -77,6 +85,7 @@ PATH_KEYS = ("data_path", "archetype_feature_file")
 TRIAL_KEYS = ("checkpoint_dir", "torch_threads", "show_progress")
 DEFAULT_RESULTS_DIR = "ray_results"
 SWEEP_FILE = "sweep.json"        # a sweep directory's settings, checked before it is resumed
+SCHEDULER_FILE = "scheduler_state.pkl"  # ASHA's rungs, rewritten after every report
 TRIAL_PROGRESS = "progress.pth"  # inside a trial directory (and inside its Ray checkpoints)
 
 
@@ -129,31 +138,31 @@ def parse_search_space(data: dict, source: str = "<dict>") -> SearchSpace:
             if spec is None:
                 continue
             if not isinstance(spec, dict):
-                raise ValueError(f"{source}: `{key}` must be a mapping, got {spec!r}")
+                raise UsageError(f"{source}: `{key}` must be a mapping, got {spec!r}")
             if key == "scheduler":
                 unknown = set(spec) - SCHEDULER_KEYS
                 if unknown:
-                    raise ValueError(f"{source}: unknown scheduler option(s) {sorted(unknown)}; "
+                    raise UsageError(f"{source}: unknown scheduler option(s) {sorted(unknown)}; "
                                      f"known: {sorted(SCHEDULER_KEYS)}")
                 if spec.get("type", "asha") not in ("asha", "fifo"):
-                    raise ValueError(f"{source}: scheduler type must be asha or fifo, got {spec['type']!r}")
+                    raise UsageError(f"{source}: scheduler type must be asha or fifo, got {spec['type']!r}")
             setattr(space, key, dict(spec))
             continue
         if not (isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in SPEC_KINDS):
-            raise ValueError(f"{source}: `{key}` must be one of " + ", ".join(
+            raise UsageError(f"{source}: `{key}` must be one of " + ", ".join(
                 f"{{{kind}: [...]}}" for kind in SPEC_KINDS) + f"; got {spec!r}")
         kind, values = next(iter(spec.items()))
         if not isinstance(values, list) or not values:
-            raise ValueError(f"{source}: `{key}: {{{kind}: ...}}` needs a non-empty list, got {values!r}")
+            raise UsageError(f"{source}: `{key}: {{{kind}: ...}}` needs a non-empty list, got {values!r}")
         if kind in ("loguniform", "uniform"):
             if len(values) != 2 or not all(isinstance(v, (int, float)) for v in values) or values[0] >= values[1]:
-                raise ValueError(f"{source}: `{key}: {{{kind}: [lo, hi]}}` needs two numbers lo < hi, got {values!r}")
+                raise UsageError(f"{source}: `{key}: {{{kind}: [lo, hi]}}` needs two numbers lo < hi, got {values!r}")
             if kind == "loguniform" and values[0] <= 0:
-                raise ValueError(f"{source}: `{key}: {{loguniform: ...}}` needs lo > 0, got {values!r}")
+                raise UsageError(f"{source}: `{key}: {{loguniform: ...}}` needs lo > 0, got {values!r}")
         space.params[key] = (kind, list(values))
     clash = set(space.params) & set(space.fixed)
     if clash:
-        raise ValueError(f"{source}: {sorted(clash)} both swept and fixed")
+        raise UsageError(f"{source}: {sorted(clash)} both swept and fixed")
     return space
 
 
@@ -180,6 +189,19 @@ def _absolute_paths(settings: dict) -> dict:
         if isinstance(out.get(key), str) and not os.path.isabs(out[key]):
             out[key] = os.path.abspath(out[key])
     return out
+
+
+def _relative_paths_in(config_files) -> dict:
+    """Path settings the ``--config_files`` give as relative paths (the last file's wins).
+
+    RecBole reads them relative to the working directory; a trial runs in its own directory
+    (on a cluster, on another machine), so they are handed to the trials made absolute here,
+    one precedence level up (the sweep's ``fixed`` and the command line still win)."""
+    found = {}
+    for path in config_files or []:
+        found.update({k: v for k, v in (read_yaml(path) or {}).items()
+                      if k in PATH_KEYS and isinstance(v, str) and not os.path.isabs(v)})
+    return _absolute_paths(found)
 
 
 def trial_metrics(valid_result: dict, valid_score: float, epoch_idx: int, trainer) -> dict:
@@ -338,6 +360,8 @@ def collect_trials(result_grid, space: SearchSpace, metric: str, mode: str,
                                                      if k == "training_iteration" or k == "epoch"
                                                      or k.startswith("valid_")}})
         scored = [r for r in rows if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric])]
+        epochs = [r["epoch"] for r in rows if isinstance(r.get("epoch"), (int, float)) and math.isfinite(r["epoch"])]
+        row["epochs_trained"] = int(max(epochs)) + 1 if epochs else 0
         if scored:
             # the last of tied epochs: RecBole's early_stopping (>=) saved that one's weights
             best = max(reversed(scored), key=lambda r: sign * r[metric])
@@ -364,6 +388,17 @@ def collect_trials(result_grid, space: SearchSpace, metric: str, mode: str,
     for rank, trial in enumerate(ok, 1):
         trial["rank"] = rank
     return ok + unfinished_rows + failed, history
+
+
+def best_trial_settings(best_trial: dict, base: dict, params: dict, default_epochs: int) -> dict:
+    """The settings that train the best trial again: the sweep's fixed settings, the trial's
+    values and, when ASHA stopped it, the epochs it trained (training longer could move its
+    best epoch, and with it the reported numbers)."""
+    settings = {**base, **params}
+    configured = int(settings.get("epochs", default_epochs))
+    if 0 < best_trial.get("epochs_trained", 0) < configured:
+        settings["epochs"] = best_trial["epochs_trained"]
+    return settings
 
 
 def evaluate_checkpoint(model_file: str) -> dict:
@@ -471,17 +506,89 @@ def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
 
 
 # --------------------------------------------------------------------------- driver
-def _scheduler(options: dict, max_t: int):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+def __getattr__(name: str):
+    """``PersistentASHA`` is defined on first use (importing Ray costs seconds, and plain runs
+    import this module for its option names); pickle finds it here when a sweep is restored."""
+    if name == "PersistentASHA":
+        if name not in globals():  # one class, or pickle refuses the instances of the first
+            globals()[name] = _persistent_asha_class()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _persistent_asha_class():
+    from ray.tune.schedulers import ASHAScheduler
+
+    class PersistentASHA(ASHAScheduler):
+        """ASHA whose rungs survive an interrupted sweep.
+
+        Ray 2.6 never saves a scheduler's state: ``Tuner.restore`` unpickles it as it was
+        when the sweep was built, with empty rungs, so a resumed sweep would judge its trials
+        against nothing and keep ones an uninterrupted sweep stops.  This one rewrites its
+        state to ``state_file`` after every change and reads it back at its first use."""
+
+        def __init__(self, state_file, **kwargs):
+            super().__init__(**kwargs)
+            self._state_file = str(state_file)
+            self._state_read = False
+
+        def _read_state(self) -> None:
+            if not self._state_read:
+                self._state_read = True
+                if os.path.isfile(self._state_file):
+                    self.restore(self._state_file)  # the saved state says it was read
+                    _say(f"ASHA rungs restored from {self._state_file}")
+
+        def _write_state(self) -> None:
+            tmp = f"{self._state_file}.{os.getpid()}.tmp"
+            self.save(tmp)
+            os.replace(tmp, self._state_file)
+
+        def on_trial_add(self, trial_runner, trial):
+            self._read_state()
+            if trial.trial_id not in self._trial_info:  # a restored trial keeps its bracket
+                super().on_trial_add(trial_runner, trial)
+                self._write_state()
+
+        def on_trial_result(self, trial_runner, trial, result):
+            self._read_state()
+            action = super().on_trial_result(trial_runner, trial, result)
+            self._write_state()
+            return action
+
+        def on_trial_complete(self, trial_runner, trial, result):
+            self._read_state()
+            super().on_trial_complete(trial_runner, trial, result)
+            self._write_state()
+
+        def on_trial_remove(self, trial_runner, trial):
+            self._read_state()
+            super().on_trial_remove(trial_runner, trial)
+            self._write_state()
+
+    PersistentASHA.__module__, PersistentASHA.__qualname__ = __name__, "PersistentASHA"
+    return PersistentASHA
+
+
+def _scheduler(options: dict, max_t: int, state_file):
+    from ray.tune.schedulers import FIFOScheduler
     options = dict(options)
     if options.pop("type", "asha") == "fifo":
         return FIFOScheduler()
     max_t = int(options.pop("max_t", max_t))
     grace = min(int(options.pop("grace_period", 1)), max_t)
     # metric and mode come from TuneConfig (Ray 2.6 refuses them in both places)
-    return ASHAScheduler(time_attr="training_iteration", max_t=max_t,
-                         grace_period=grace, reduction_factor=options.pop("reduction_factor", 4),
-                         brackets=options.pop("brackets", 1))
+    return __getattr__("PersistentASHA")(state_file, time_attr="training_iteration", max_t=max_t,
+                                    grace_period=grace, reduction_factor=options.pop("reduction_factor", 4),
+                                    brackets=options.pop("brackets", 1))
+
+
+def can_resume(out: Path) -> bool:
+    """``out`` holds a sweep Ray can continue: its ``tuner.pkl`` *and* a saved experiment
+    state.  Ray writes ``tuner.pkl`` when the Tuner is built, before any state: a sweep
+    stopped in between has nothing to continue and is started afresh."""
+    from ray import tune as ray_tune
+    return ray_tune.Tuner.can_restore(out) and any(out.glob("experiment_state-*.json"))
 
 
 def tune(model: str = "SASRec", dataset: str = "ml-100k", method: str = "genair", config_file_list=None,
@@ -516,9 +623,9 @@ def tune(model: str = "SASRec", dataset: str = "ml-100k", method: str = "genair"
                          "pass a --search_space without them")
     clash = set(space.params) & set(overrides)
     if clash:
-        raise ValueError(f"{sorted(clash)} swept by {space.source} and also set on the command line")
+        raise UsageError(f"{sorted(clash)} swept by {space.source} and also set on the command line")
     files = [os.path.abspath(f) for f in config_file_list or []] or None
-    base = _absolute_paths({**space.fixed, **overrides})
+    base = _absolute_paths({**_relative_paths_in(files), **space.fixed, **overrides})
 
     # Fail fast on the driver (unknown model/method/data set, broken YAML) before Ray starts.
     config = build_config(model, dataset, method, files, base)
@@ -528,6 +635,8 @@ def tune(model: str = "SASRec", dataset: str = "ml-100k", method: str = "genair"
     if unknown:
         _say(f"warning: swept key(s) {unknown} are set by no YAML layer of {model}/{method}; "
              "check the spelling (the model may ignore them)")
+    if num_samples is not None and num_samples < 1:
+        raise UsageError(f"--num_samples must be at least 1, got {num_samples}")
     num_samples = num_samples or space.default_num_samples()
     n_trials = space.grid_size * num_samples
 
@@ -539,9 +648,14 @@ def tune(model: str = "SASRec", dataset: str = "ml-100k", method: str = "genair"
     setup = {"model": model, "dataset": dataset, "method": method, "config_file_list": files,
              "base": base, "cpus_per_trial": cpus_per_trial, "resolved": resolved_settings(config)}
     identity = sweep_identity(setup, space, num_samples)
-    resuming = ray_tune.Tuner.can_restore(out)
-    if resuming:
+    resuming = can_resume(out)
+    if resuming or (out / SWEEP_FILE).is_file():
         check_same_sweep(out, identity)
+    if not resuming and ray_tune.Tuner.can_restore(out):
+        _say(f"{out} holds a sweep stopped before Ray saved any trial state; starting it afresh")
+    if resuming and max_concurrent is not None:
+        _say(f"warning: --max_concurrent={max_concurrent} is ignored: a resumed sweep keeps the "
+             "concurrency it was started with (Ray restores it with the sweep)")
     resume_command = _resume_command(out)
     _say(f"{n_trials} trial(s) of {model}/{method} on {dataset} from {space.source}; "
          f"selecting on {metric} ({mode}); {cpus_per_trial} CPU(s) per trial; output {out}")
@@ -550,19 +664,22 @@ def tune(model: str = "SASRec", dataset: str = "ml-100k", method: str = "genair"
 
     trainable = ray_tune.with_resources(ray_tune.with_parameters(genair_trial, setup=setup),
                                         {"cpu": cpus_per_trial})
+    out.mkdir(parents=True, exist_ok=True)
     started = init_ray(ray_address, num_cpus)
     try:
+        if ray_address and ray_address != LOCAL:
+            check_shared_storage(out)
         if resuming:
             tuner = ray_tune.Tuner.restore(str(out), trainable=trainable, resume_unfinished=True,
-                                           param_space=space.ray_space())
+                                           resume_errored=True, param_space=space.ray_space())
         else:
-            out.mkdir(parents=True, exist_ok=True)
             (out / SWEEP_FILE).write_text(json.dumps(identity, indent=2), encoding="utf-8")
+            (out / SCHEDULER_FILE).unlink(missing_ok=True)  # a sweep started afresh
             tuner = ray_tune.Tuner(
                 trainable, param_space=space.ray_space(),
                 tune_config=ray_tune.TuneConfig(
                     metric=metric, mode=mode, num_samples=num_samples, max_concurrent_trials=max_concurrent,
-                    scheduler=_scheduler(space.scheduler, int(config["epochs"])),
+                    scheduler=_scheduler(space.scheduler, int(config["epochs"]), out / SCHEDULER_FILE),
                     reuse_actors=False, trial_dirname_creator=_trial_dirname),
                 run_config=air.RunConfig(name=out.name, storage_path=str(out.parent),
                                          failure_config=air.FailureConfig(max_failures=0),
@@ -590,13 +707,14 @@ def tune(model: str = "SASRec", dataset: str = "ml-100k", method: str = "genair"
     commands, best = {}, None
     if best_trial is not None:
         best_params = {k.removeprefix("param/"): v for k, v in best_trial.items() if k.startswith("param/")}
-        commands = {"trial": reproduce_command(model, dataset, method, files, {**base, **best_params}),
+        trial_settings = best_trial_settings(best_trial, base, best_params, int(config["epochs"]))
+        commands = {"trial": reproduce_command(model, dataset, method, files, trial_settings),
                     "protocol": reproduce_command(model, dataset, method, files,
                                                   {**_absolute_paths(overrides), **best_params})}
         best = {"trial_id": best_trial["trial_id"], "params": best_params, metric: best_trial[metric],
                 "best_epoch": best_trial.get("best_epoch")}
         if evaluate_best:
-            best.update(_final_evaluation(best_trial, setup, best_params, out))
+            best.update(_final_evaluation(best_trial, setup, trial_settings, out))
     report = SweepReport(out_dir=out, metric=metric, mode=mode, trials=trials, history=history,
                          best=best, commands=commands)
     write_report(report, header)
@@ -606,6 +724,20 @@ def tune(model: str = "SASRec", dataset: str = "ml-100k", method: str = "genair"
         _say(f"best {best['trial_id']}: {best['params']} {metric}={best[metric]:.4f}; "
              f"test {best.get('test_result', {})}")
     return report
+
+
+def check_shared_storage(out: Path) -> None:
+    """Refuse a cluster on which some node cannot see ``out`` (see the module docstring)."""
+    marker = out / f".visible-{os.getpid()}"
+    marker.write_text("", encoding="utf-8")
+    try:
+        blind = nodes_not_seeing(marker)
+    finally:
+        marker.unlink()
+    if blind:
+        raise UsageError(f"--out {out} is not visible on Ray node(s) {', '.join(blind)}: on a multi-node "
+                         "cluster the sweep's directory must be on storage every node mounts at the same "
+                         "path (e.g. NFS), since Ray 2.6 no longer copies trial checkpoints to the head node")
 
 
 def sweep_identity(setup: dict, space: SearchSpace, num_samples: int) -> dict:
@@ -619,7 +751,7 @@ def check_same_sweep(out: Path, identity: dict) -> None:
     """Refuse to resume ``out`` with other settings than those it was started with."""
     stored_file = out / SWEEP_FILE
     if not stored_file.is_file():
-        raise ValueError(f"{out} holds a Ray Tune experiment without {SWEEP_FILE}: not a sweep of this "
+        raise UsageError(f"{out} holds a Ray Tune experiment without {SWEEP_FILE}: not a sweep of this "
                          "tool; choose another --out")
     stored = json.loads(stored_file.read_text(encoding="utf-8"))
     if stored != identity:
@@ -628,7 +760,7 @@ def check_same_sweep(out: Path, identity: dict) -> None:
         changes = settings_changes(*outer) + [f"resolved {c}" for c in settings_changes(
             stored.get("resolved", {"(not recorded by the version that started it)": "–"}),
             identity.get("resolved", {}))]
-        raise ValueError(f"{out} holds a sweep with other settings ({'; '.join(changes)}); "
+        raise UsageError(f"{out} holds a sweep with other settings ({'; '.join(changes)}); "
                          "run the same command as before to continue it, or choose another --out")
 
 
@@ -652,13 +784,14 @@ def _working_directory(path: Path):
         os.chdir(previous)
 
 
-def _final_evaluation(best_trial: dict, setup: dict, best_params: dict, out: Path) -> dict:
-    """Test metrics of the best trial: its checkpoint if visible here, else a re-run."""
+def _final_evaluation(best_trial: dict, setup: dict, trial_settings: dict, out: Path) -> dict:
+    """Test metrics of the best trial: its checkpoint if visible here, else a re-run of
+    ``trial_settings`` (the sweep's fixed settings, its values and the epochs it trained)."""
     with _working_directory(out / "best"):
-        return _evaluate_best(best_trial, setup, best_params, out)
+        return _evaluate_best(best_trial, setup, trial_settings, out)
 
 
-def _evaluate_best(best_trial: dict, setup: dict, best_params: dict, out: Path) -> dict:
+def _evaluate_best(best_trial: dict, setup: dict, trial_settings: dict, out: Path) -> dict:
     model_file = best_trial.get("saved_model_file")
     try:
         if model_file and os.path.isfile(model_file):
@@ -666,7 +799,7 @@ def _evaluate_best(best_trial: dict, setup: dict, best_params: dict, out: Path) 
             return evaluate_checkpoint(model_file)
         from recbole_genair.quick_start import run
         _say("best trial's checkpoint is not on this machine; re-running its configuration")
-        config_dict = {**setup["base"], **best_params, "checkpoint_dir": str(out / "best" / "saved")}
+        config_dict = {**trial_settings, "checkpoint_dir": str(out / "best" / "saved")}
         result = run(setup["model"], setup["dataset"], setup["method"], setup["config_file_list"],
                      config_dict, saved=True)
         return {"valid_result": result["best_valid_result"], "test_result": result["test_result"],

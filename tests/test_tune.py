@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -98,8 +99,18 @@ def test_two_trial_sweep_reports_valid_metrics_and_the_failed_trial(fast_config,
     assert "## Failed trials" in summary and "python run_recbole_genair.py" in summary
     assert json.loads((out / "best.json").read_text())["best"]["trial_id"] == ok["trial_id"]
 
+    # The same command again: the finished trial is kept, the failed one is retried (a lost node
+    # would have failed it the same way) and, failing for its own reason, reported again.
+    again = tune(model="SASRec", dataset="ml-100k", method="base", search_space=space,
+                 overrides=overrides, out_dir=out, max_concurrent=1, num_cpus=2, evaluate_best=False)
+    ok_again, failed_again = again.trials
+    assert ok_again["trial_id"] == ok["trial_id"] and ok_again[metric] == ok[metric]
+    assert ok_again["iterations"] == 2                               # not trained again
+    assert failed_again["status"] == "failed" and "loss_type" in failed_again["error"]
+    assert "Failure # 2" in Path(failed_again["error_file"]).read_text(encoding="utf-8")  # it ran again
 
-def test_interrupted_sweep_continues_its_trial_to_the_uninterrupted_numbers(fast_config, tmp_path):
+
+def test_interrupted_sweep_continues_its_trial_to_the_uninterrupted_numbers(fast_config, tmp_path, capfd):
     """Ctrl-C after the trial's first epoch; the same call with the same out_dir resumes it.
 
     The resumed trial must continue after its last reported epoch (no epoch trained or
@@ -109,7 +120,7 @@ def test_interrupted_sweep_continues_its_trial_to_the_uninterrupted_numbers(fast
     overrides = {**{k: v for k, v in fast_config.items() if k != "epochs"}, "state": "INFO"}
     space = {"hidden_dropout_prob": {"grid": [0.2]}, "fixed": {"epochs": epochs, "eval_step": 1,
                                                          "stopping_step": epochs},
-             "scheduler": {"type": "fifo"}}
+             "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2}}  # rungs kept
     out = tmp_path / "sweep"
     call = (f"tune(model='SASRec', dataset='ml-100k', method='base', search_space={space!r}, "
             f"overrides={overrides!r}, out_dir={str(out)!r}, max_concurrent=1, num_cpus=1, "
@@ -136,6 +147,7 @@ def test_interrupted_sweep_continues_its_trial_to_the_uninterrupted_numbers(fast
                   out_dir=out, max_concurrent=1, num_cpus=1, evaluate_best=False)
     (trial,) = report.trials
     assert trial["status"] == "ok" and report.resume_command is None
+    assert "ASHA rungs restored from" in capfd.readouterr().err
     history = [h for h in report.history if h["trial_id"] == trial["trial_id"]]
     assert [h["training_iteration"] for h in history] == list(range(1, epochs + 1))
     assert [h["epoch"] for h in history] == list(range(epochs))
@@ -187,3 +199,95 @@ def test_a_tied_best_epoch_is_the_later_one_whose_weights_recbole_kept():
                              metrics_dataframe=pd.DataFrame(rows), error=None)
     trials, _ = collect_trials([result], SimpleNamespace(params={"calibration_alpha": None}), "valid_ndcg@10", "max")
     assert trials[0]["best_epoch"] == 2 and trials[0]["valid_hit@10"] == 0.5 and trials[0]["status"] == "ok"
+
+
+class _Trial:
+    def __init__(self, trial_id):
+        self.trial_id = trial_id
+
+
+def test_asha_rungs_survive_a_resume_so_the_same_trials_are_stopped(tmp_path):
+    """Ray 2.6 restores a sweep's scheduler as it was built (empty rungs); ours reads the rungs
+    it wrote after every report, so a poor trial after the resume is judged against them."""
+    import pickle
+
+    from recbole_genair.tune import SCHEDULER_FILE, _scheduler
+    state = tmp_path / SCHEDULER_FILE
+    built = _scheduler({"grace_period": 1, "reduction_factor": 2}, 4, state)
+    built.set_search_properties("valid_ndcg@10", "max")
+    as_in_tuner_pkl = pickle.dumps(built)  # what Tuner.restore unpickles
+
+    def report(scheduler, trial, value):
+        return scheduler.on_trial_result(None, trial, {"training_iteration": 1, "valid_ndcg@10": value})
+
+    for i, value in enumerate([0.30, 0.32, 0.34]):
+        built.on_trial_add(None, _Trial(f"t{i}"))
+        assert report(built, _Trial(f"t{i}"), value) == "CONTINUE"
+
+    restored = pickle.loads(as_in_tuner_pkl)
+    for i in range(3):
+        restored.on_trial_add(None, _Trial(f"t{i}"))     # Ray re-adds the restored trials
+    restored.on_trial_add(None, _Trial("poor"))
+    assert report(restored, _Trial("poor"), 0.10) == "STOP"
+    # without the state file the restored scheduler has nothing to compare with
+    state.unlink()
+    blank = pickle.loads(as_in_tuner_pkl)
+    blank.on_trial_add(None, _Trial("poor"))
+    assert report(blank, _Trial("poor"), 0.10) == "CONTINUE"
+
+
+def test_a_sweep_stopped_before_its_first_state_save_starts_afresh(tmp_path):
+    from recbole_genair.tune import can_resume
+    (tmp_path / "tuner.pkl").write_bytes(b"")
+    assert not can_resume(tmp_path)   # Ray would raise "no experiment checkpoint data" forever
+    (tmp_path / "experiment_state-2026-12-04_09-00-00.json").write_text("{}", encoding="utf-8")
+    assert can_resume(tmp_path)
+
+
+def test_the_best_trial_command_trains_the_epochs_asha_let_it_train():
+    from recbole_genair.tune import best_trial_settings
+    base = {"epochs": 8, "learning_rate": 0.01}
+    stopped = best_trial_settings({"epochs_trained": 3}, base, {"calibration_alpha": 0.1}, 50)
+    assert stopped == {"epochs": 3, "learning_rate": 0.01, "calibration_alpha": 0.1}
+    assert best_trial_settings({"epochs_trained": 8}, base, {}, 50)["epochs"] == 8
+    assert "epochs" not in best_trial_settings({"epochs_trained": 50}, {}, {}, 50)   # ran them all
+    assert best_trial_settings({"epochs_trained": 4}, {}, {}, 50)["epochs"] == 4
+
+
+def test_relative_paths_inside_config_files_reach_the_trials_absolute(tmp_path, monkeypatch):
+    from recbole_genair.tune import _relative_paths_in
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text("data_path: data/\narchetype_feature_file: /abs/f.archetype\nepochs: 3\n", encoding="utf-8")
+    second.write_text("archetype_feature_file: feats/x.archetype\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    assert _relative_paths_in([str(first), str(second)]) == {
+        "data_path": str(tmp_path / "data"), "archetype_feature_file": str(tmp_path / "feats" / "x.archetype")}
+    assert _relative_paths_in([str(first)]) == {"data_path": str(tmp_path / "data")}
+
+
+def test_bad_sweep_arguments_are_usage_errors(tmp_path):
+    from recbole_genair.registry import UsageError
+    with pytest.raises(UsageError, match="must be one of"):
+        parse_search_space({"a": [1, 2]})
+    with pytest.raises(UsageError, match="--num_samples must be at least 1"):
+        tune(model="SASRec", dataset="ml-100k", method="base", search_space={"learning_rate": {"grid": [0.01]}},
+             num_samples=0, out_dir=tmp_path / "s")
+    with pytest.raises(UsageError, match="also set on the command line"):
+        tune(model="SASRec", dataset="ml-100k", method="base", search_space={"learning_rate": {"grid": [0.01]}},
+             overrides={"learning_rate": 0.1}, out_dir=tmp_path / "s")
+
+
+def test_a_node_that_cannot_see_the_sweep_directory_is_named(tmp_path):
+    import ray
+
+    from recbole_genair.cluster import init_ray, nodes_not_seeing
+    seen = tmp_path / "marker"
+    seen.write_text("", encoding="utf-8")
+    started = init_ray(None, 1)
+    try:
+        assert nodes_not_seeing(seen) == []
+        (ip,) = nodes_not_seeing(tmp_path / "absent")
+        assert ip == ray.util.get_node_ip_address()
+    finally:
+        if started:
+            ray.shutdown()
