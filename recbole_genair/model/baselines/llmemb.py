@@ -16,7 +16,10 @@ Recommendation" (AAAI 2025); reference code ``models/Adapter.py``, ``models/LLME
   model (the reference loads SASRec's ``itm_emb_sasrec.pkl`` for every backbone).
   ``L_align`` is the reference's ``Contrastive_Loss2`` (:func:`soft_contrastive_loss`):
   symmetric cross-entropy of the logits ``c·eᵀ/τ`` against the soft targets
-  ``softmax((c·cᵀ + e·eᵀ)/2·τ)``; reference defaults ``α = 0.01``, ``τ = 2``.
+  ``softmax((c·cᵀ + e·eᵀ)/2·τ)``; ``α = 0.01``, ``τ = 2`` as in the reference's Beauty
+  script (``experiments/beauty/srs/llmemb.bash``; its argparse defaults are 0.1 and 1).
+  The reference aligns every non-padding target position (duplicates count again); here
+  each distinct target item of the batch once, as for RLMRec and GenAIR's calibration.
 
 The collaborative table ``c``:
 

@@ -45,7 +45,15 @@ Simplifications (documented):
 * cross-attention acts on the item embeddings, before the backbone adds positions
   (the reference SASRec applies it after its scaling, position and dropout step);
 * the reference's optional item-level contrastive regulariser (``--item_reg``, off in the
-  scripts) is not included.
+  scripts) is not included;
+* **width**: each view is as wide as the backbone (``hidden_size``), so items and users are
+  scored in ``2·hidden_size`` dimensions, twice the other methods'.  The reference's scripts
+  run each view at ``--hidden_size 64`` (``pca64_itm_emb_np.pkl``), i.e. the concatenation
+  is as wide as a single-view model; ``--hidden_size=<h/2>`` (with ``inner_size`` to match)
+  reproduces that.  The default gives LLM-ESR the larger model;
+* the adapter's hidden width is ``max(d/2, h)`` (:func:`llm_adapter`), and the adapter and
+  cross-attention keep PyTorch's initialisation (the reference ``xavier_normal_``-s every
+  parameter).
 
 Inference runs the shared encoder once per view (inherent to the method); both item
 tables and their concatenation are cached in eval mode.

@@ -4,15 +4,17 @@ Harte et al., "Leveraging Large Language Models for Sequential Recommendation" (
 the *LLM2Sequential* approach (LLM2BERT4Rec): the item embeddings of the sequential model
 are initialised with the LLM embeddings of the items, reduced to the model's embedding size
 by PCA, and then trained as ordinary ID embeddings with the model's usual objective.  The
-same baseline ("LLMInit", semantic initialisation) appears in Hu et al. 2024 and in the
-AlphaFuse paper's comparison (Hu et al., SIGIR 2025).
+same baseline ("LLMInit", semantic initialisation) appears in the AlphaFuse paper's
+comparison (Hu et al., SIGIR 2025; its code's ``SI`` mode whitens the coordinates).
 
 Here, at construction (:func:`~recbole_genair.model.baselines.common.pca_item_table`):
 
 * ``E_0[i] = c·(x_i - μ)·V_k`` for every item ``i`` — the top ``k = min(width, rank)``
   principal coordinates of the prefill embeddings ``x_i`` (mean ``μ`` over the items), one
   global factor ``c`` rescaling them to ``llminit_std`` (default: the standard deviation of
-  the backbone's own random initialisation, so initial logits keep the backbone's scale);
+  the backbone's own random initialisation, so initial logits keep the backbone's scale;
+  Harte et al.'s code uses the PCA coordinates unscaled — their scale depends on the LLM's
+  embedding space, and ours are PCA-reduced hidden states, not unit-norm API embeddings);
 * copied into the backbone's own ``nn.Embedding`` — row 0 (padding) zero, BERT4Rec's mask
   row and, if the features have fewer than ``width`` components, the remaining columns keep
   the backbone's random initialisation.

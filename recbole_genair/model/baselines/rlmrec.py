@@ -17,8 +17,10 @@ cosine similarity, in-batch negatives, defaults ``β = 1e-2`` (``kd_weight``) an
 Sequential adaptation: the paper's backbones are graph CF models with user and item
 profiles; a sequential model has no user embedding (the user is the encoded sequence) and
 no user profiles here, so only the item side is aligned — the batch's distinct target
-items ``B`` (BERT4Rec: the items at its masked positions).  ``s_i`` is the prefill LLM
-embedding of the item.  The ID table stays the item representation; ``σ↓`` is used by the
+items ``B`` (BERT4Rec: the items at its masked positions).  The reference adds a third
+InfoNCE term over the sampled negative items; CE over all items samples none, so there is
+none here.  ``σ↓``'s biases start at zero (the reference keeps PyTorch's default
+initialisation for them).  ``s_i`` is the prefill LLM embedding of the item.  The ID table stays the item representation; ``σ↓`` is used by the
 loss only, so inference is the backbone's, at no extra cost.
 """
 from __future__ import annotations
