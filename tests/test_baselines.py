@@ -178,11 +178,16 @@ def test_llminit_table_starts_from_the_projected_llm_embeddings(make_model):
     width = table.shape[1]  # 32 < 48 feature dims: every column comes from the PCA
     assert torch.all(table[0] == 0)
     assert model.item_embedding.weight.requires_grad  # an ordinary trainable table
-    assert abs(table[1:].std().item() - 0.02) < 2e-3  # SASRec's initializer_range scale
     gram = (table[1:] @ table[1:].T).numpy()
-    expected = _pca_gram(raw["features"], width)
-    expected *= gram.trace() / expected.trace()
+    expected = _pca_gram(raw["features"], width)   # unscaled (llminit_std: raw, the reference's)
     assert np.abs(gram - expected).max() < 1e-3 * np.abs(expected).max(), "table is not the PCA projection"
+    init, _, _ = make_model("llminit", "SASRec", llminit_std="init")
+    init_table = init.item_embedding.weight.detach().double()
+    assert abs(init_table[1:].std().item() - 0.02) < 2e-3  # SASRec's initializer_range scale
+    assert torch.allclose(init_table[1:] * (table[1:].std() / init_table[1:].std()), table[1:], atol=1e-5)
+    for bad in (None, "0.02x", -1.0):
+        with pytest.raises(ValueError, match="llminit_std must be raw"):
+            make_model("llminit", "SASRec", llminit_std=bad)
 
     # GRU4Rec wider than the features: 48 PCA columns, the other 16 stay random; BERT4Rec's mask row stays
     model, _, raw = make_model("llminit", "GRU4Rec", embedding_size=64)

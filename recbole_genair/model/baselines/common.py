@@ -73,15 +73,30 @@ def principal_components(features: torch.Tensor, k: int) -> PrincipalComponents:
     return PrincipalComponents(mean.float(), v.float(), s[:v.shape[1]].float(), rows.shape[0])
 
 
-def pca_item_table(features: torch.Tensor, reference: torch.Tensor, std: Optional[float] = None) -> torch.Tensor:
+PCA_SCALES = ("raw", "init")  # besides a number: see pca_item_table
+
+
+def pca_scale(value, key: str):
+    """A ``*_std`` setting of a PCA-initialised table: ``raw``, ``init`` or a positive number."""
+    if isinstance(value, str) and value in PCA_SCALES:
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    raise ValueError(f"{key} must be raw (the reference's unscaled PCA coordinates), init (the "
+                     f"backbone's initial std) or a positive number, got {value!r}")
+
+
+def pca_item_table(features: torch.Tensor, reference: torch.Tensor, scale="raw") -> torch.Tensor:
     """An item table initialised from the LLM embeddings by PCA (LLMInit; LLM-ESR's ID view).
 
     ``reference`` is the backbone's freshly initialised table ``[rows, width]``.  Items
     ``1..n-1`` get their top-``k`` principal coordinates (``k = min(width, rank)``) in the
-    first ``k`` columns, rescaled to standard deviation ``std`` (default: that of
-    ``reference``, so the backbone's initial logit scale is kept); if the features have
-    fewer than ``width`` components, the remaining columns keep the reference's random
-    values.  Row 0 is zero; rows after the items (BERT4Rec's mask token) keep the reference.
+    first ``k`` columns: ``scale="raw"`` as they are (the reference codes use sklearn's
+    ``PCA.fit_transform`` output unscaled), ``"init"`` rescaled to the standard deviation of
+    ``reference`` (the backbone's initial logit scale), a number rescaled to that standard
+    deviation.  If the features have fewer than ``width`` components, the remaining columns
+    keep the reference's random values.  Row 0 is zero; rows after the items (BERT4Rec's
+    mask token) keep the reference.
     """
     n_items, width = features.shape[0], reference.shape[1]
     pcs = principal_components(features, width)
@@ -90,8 +105,9 @@ def pca_item_table(features: torch.Tensor, reference: torch.Tensor, std: Optiona
     if pcs.k == 0:  # constant features carry nothing to initialise from
         return table
     coords = pcs.coordinates(features[1:])
-    target = float(std) if std is not None else float(reference[1:n_items].std())
-    coords = coords * (target / max(float(coords.std()), 1e-12))
+    if scale != "raw":
+        target = float(reference[1:n_items].std()) if scale == "init" else float(scale)
+        coords = coords * (target / max(float(coords.std()), 1e-12))
     table[1:n_items, :pcs.k] = coords.to(table.dtype)
     return table
 

@@ -8,7 +8,8 @@ Recommendation" (NeurIPS 2024); reference code ``models/DualLLMSRS.py``, ``model
 * semantic view — the frozen LLM item embeddings through a trainable adapter,
   ``e_i^se = Adapter(x_i)`` (reference: ``Linear(d, d/2) → Linear(d/2, h)``);
 * collaborative view — trainable ID embeddings ``e_i^co``, initialised with the
-  PCA-reduced LLM embeddings (reference: ``pca64_itm_emb_np.pkl``);
+  PCA-reduced LLM embeddings, unscaled by default (reference: ``pca64_itm_emb_np.pkl``;
+  ``llmesr_id_std``);
 * sequence-level fusion — two-way cross-attention between the views' embedded sequences
   (``llm2id``/``id2llm``, queries from one view, keys and values from the other, padding
   masked; on in the paper's scripts, ``--use_cross_att``);
@@ -70,7 +71,7 @@ from recbole.model.sequential_recommender import BERT4Rec
 from torch import nn
 
 from recbole_genair.model.baselines.common import (BaselineMixin, adapted_llm_table, define_models,
-                                                   pca_item_table)
+                                                   pca_item_table, pca_scale)
 from recbole_genair.model.layers import CachedTable
 
 
@@ -206,10 +207,9 @@ class LLMESRMixin(BaselineMixin):
         super().__init__(config, dataset)
         features = self.llm_features(config, dataset)
         collaborative = self.item_embedding
-        std = config["llmesr_id_std"]
         with torch.no_grad():
             collaborative.weight.copy_(pca_item_table(features, collaborative.weight,
-                                                      None if std is None else float(std)))
+                                                      pca_scale(config["llmesr_id_std"], "llmesr_id_std")))
         self.item_embedding = DualViewEmbedding(collaborative, adapted_llm_table(features, collaborative),
                                                 bool(config["llmesr_cross_attention"]), int(config["llmesr_heads"]))
         self.distill_weight = float(config["llmesr_alpha"] or 0.0)

@@ -10,11 +10,11 @@ comparison (Hu et al., SIGIR 2025; its code's ``SI`` mode whitens the coordinate
 Here, at construction (:func:`~recbole_genair.model.baselines.common.pca_item_table`):
 
 * ``E_0[i] = c·(x_i - μ)·V_k`` for every item ``i`` — the top ``k = min(width, rank)``
-  principal coordinates of the prefill embeddings ``x_i`` (mean ``μ`` over the items), one
-  global factor ``c`` rescaling them to ``llminit_std`` (default: the standard deviation of
-  the backbone's own random initialisation, so initial logits keep the backbone's scale;
-  Harte et al.'s code uses the PCA coordinates unscaled — their scale depends on the LLM's
-  embedding space, and ours are PCA-reduced hidden states, not unit-norm API embeddings);
+  principal coordinates of the prefill embeddings ``x_i`` (mean ``μ`` over the items);
+  ``llminit_std: raw`` (default) keeps them unscaled, ``c = 1``, as Harte et al.'s code
+  (sklearn ``PCA.fit_transform``); ``init`` rescales them to the standard deviation of the
+  backbone's own random initialisation (0.02; this project's default until 2026-12-04, which
+  cost LLMInit-GRU4Rec on Amazon_Beauty ~11 % HR@10, bench/RESULTS.md), a number to that std;
 * copied into the backbone's own ``nn.Embedding`` — row 0 (padding) zero, BERT4Rec's mask
   row and, if the features have fewer than ``width`` components, the remaining columns keep
   the backbone's random initialisation.
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from recbole_genair.model.baselines.common import BaselineMixin, define_models, pca_item_table
+from recbole_genair.model.baselines.common import BaselineMixin, define_models, pca_item_table, pca_scale
 
 
 class LLMInitMixin(BaselineMixin):
@@ -36,10 +36,9 @@ class LLMInitMixin(BaselineMixin):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         features = self.llm_features(config, dataset)
-        std = config["llminit_std"]
+        scale = pca_scale(config["llminit_std"], "llminit_std")
         with torch.no_grad():
-            self.item_embedding.weight.copy_(pca_item_table(
-                features, self.item_embedding.weight, None if std is None else float(std)))
+            self.item_embedding.weight.copy_(pca_item_table(features, self.item_embedding.weight, scale))
 
 
 MODELS = define_models(LLMInitMixin, "LLMInit", __name__)
