@@ -610,6 +610,8 @@ def tune(model: str = "SASRec", dataset: str = "ml-100k", method: str = "genair"
     from ray import tune as ray_tune
 
     model_class(model, method)  # unknown names: one-line error before anything else
+    if num_samples is not None and num_samples < 1:
+        raise UsageError(f"--num_samples must be at least 1, got {num_samples}")
     if search_space is None:
         space = load_search_space(default_search_space(model_method(method)))  # an ablation: its model's
     elif isinstance(search_space, dict):
@@ -635,8 +637,6 @@ def tune(model: str = "SASRec", dataset: str = "ml-100k", method: str = "genair"
     if unknown:
         _say(f"warning: swept key(s) {unknown} are set by no YAML layer of {model}/{method}; "
              "check the spelling (the model may ignore them)")
-    if num_samples is not None and num_samples < 1:
-        raise UsageError(f"--num_samples must be at least 1, got {num_samples}")
     num_samples = num_samples or space.default_num_samples()
     n_trials = space.grid_size * num_samples
 
