@@ -23,7 +23,6 @@ Row 0 (RecBole's padding id) of every item table is the zero vector; BERT4Rec's 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from recbole.model.sequential_recommender import BERT4Rec, GRU4Rec, SASRec

@@ -14,7 +14,7 @@ Here, at construction (:func:`~recbole_genair.model.baselines.common.pca_item_ta
   ``llminit_std: raw`` (default) keeps them unscaled, ``c = 1``, as Harte et al.'s code
   (sklearn ``PCA.fit_transform``); ``init`` rescales them to the standard deviation of the
   backbone's own random initialisation (0.02; this project's default until 2026-12-04, which
-  cost LLMInit-GRU4Rec on Amazon_Beauty ~11 % HR@10, bench/RESULTS.md), a number to that std;
+  cost LLMInit-GRU4Rec on Amazon_Beauty 12 % HR@10 / 16 % NDCG@10, bench/RESULTS.md), a number to that std;
 * copied into the backbone's own ``nn.Embedding`` — row 0 (padding) zero, BERT4Rec's mask
   row and, if the features have fewer than ``width`` components, the remaining columns keep
   the backbone's random initialisation.
