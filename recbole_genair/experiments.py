@@ -78,7 +78,7 @@ LOCATION_KEYS = frozenset({"data_path", "archetype_feature_file", "config_files"
 # Settings added after results were recorded, with the value that reproduces those results:
 # at that value a key is left out of the resolved settings, so cells recorded before it
 # existed stay current (and keep their progress files); any other value is a change.
-NEUTRAL_NEW_KEYS = {"projector_dtype": "float32"}
+NEUTRAL_NEW_KEYS = {"projector_dtype": "float32", "item_id_residual": False}
 # Options of this module's command line; every other --key=value is a RecBole setting.
 # Training bookkeeping of quick_start.run kept in each record; runs.csv shows all but the curve.
 TRAINING_COLUMNS = ("epochs_run", "best_epoch", "median_epoch_seconds")

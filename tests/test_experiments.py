@@ -171,7 +171,7 @@ def test_resolved_settings_cover_package_defaults_and_data_content_not_paths(dat
     assert len(genair["data:ml-100k.inter"]) == 40 and genair["data:ml-100k.inter"] == base["data:ml-100k.inter"]
     assert experiments.cell_settings("ml-100k", "SASRec", "genair", None, {**root, "seed": 2}) == genair
     # a key added later at its result-preserving value leaves earlier cells current; another value does not
-    assert "projector_dtype" not in genair
+    assert "projector_dtype" not in genair and "item_id_residual" not in genair
     bf16 = experiments.cell_settings("ml-100k", "SASRec", "genair", None, {**root, "projector_dtype": "bfloat16"})
     assert experiments.settings_changes(genair, bf16) == ["projector_dtype: – → 'bfloat16'"]
     # the same feature file elsewhere: same settings; one value changed: only its fingerprint differs

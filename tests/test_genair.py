@@ -255,6 +255,31 @@ def test_item_table_norm_l2_gives_unit_item_rows_on_both_paths(backbone, fast_co
         _prepare(fast_config, backbone, item_table_norm="layer")
 
 
+@pytest.mark.parametrize("backbone", ["SASRec", "BERT4Rec"])
+def test_item_id_residual_starts_at_the_projected_table_and_trains_each_item_row(backbone, fast_config):
+    torch.manual_seed(0)
+    _, (train, _, _), plain, _ = _prepare(fast_config, backbone)
+    torch.manual_seed(0)
+    _, _, model, _ = _prepare(fast_config, backbone, item_id_residual=True)
+    table = model.item_embedding
+    assert plain.item_embedding.residual is None  # off by default (the paper)
+    assert table.residual.shape == (table.num_items, table.embedding_dim)
+    torch.testing.assert_close(table.project(), plain.item_embedding.project())  # zero at the start
+    with torch.no_grad():
+        table.residual.normal_()
+    full = table.project()
+    assert torch.all(full[0] == 0)  # padding stays zero
+    torch.testing.assert_close(full[1:table.num_items],
+                               table._project(table.features)[1:] + table.residual[1:])
+    ids = torch.tensor([[0, 3, 1, 3]])
+    with table.step(sparse=True):
+        torch.testing.assert_close(table(ids), full[ids])
+    model.calculate_loss(next(iter(train))).backward()
+    grad = table.residual.grad
+    assert grad[1:].abs().sum(dim=-1).gt(0).float().mean() > 0.5  # full CE: most item rows get a gradient
+    assert torch.all(grad[0] == 0)  # the padding row is masked
+
+
 def test_calibration_counts_are_those_of_recboles_training_split(fast_config):
     """The counts the loss uses equal a naive pair count over the sequences RecBole trains on
     (its train split, each user's first item put back): no valid or test item enters."""

@@ -39,7 +39,8 @@ class GenAIRMixin(FeatureModelMixin):
             layers=int(config["projector_layers"]),
             width=int(width * original.embedding_dim) if width else None,
             dropout=float(config["projector_dropout"] or 0.0),
-            unit_rows=self.unit_item_rows(config), autocast_dtype=self.projector_dtype(config))
+            unit_rows=self.unit_item_rows(config), autocast_dtype=self.projector_dtype(config),
+            id_residual=bool(config["item_id_residual"]))
         self.calibration_alpha = float(config["calibration_alpha"] or 0.0)
         self.calibration = None
         if self.calibration_alpha > 0:

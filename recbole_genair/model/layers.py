@@ -10,6 +10,10 @@ their own ``forward``/``calculate_loss``/``predict``/``full_sort_predict`` uncha
   (BERT4Rec's mask token).
 * ``unit_rows`` (not in the paper; ``item_table_norm: l2``): each projected item row is
   scaled to length 1, so an item's score can no longer grow with its row's norm.
+* ``id_residual`` (not in the paper; ``item_id_residual: true``): a trainable per-item table,
+  zero at the start, is added to each projected item row, so every item also gets free
+  parameters of its own, as in an ID table (the diagnostic for why LLMInit's free table beats
+  GenAIR's purely feature-derived one; bench/RESULTS.md).
 * ``autocast_dtype`` (not in the paper; ``projector_dtype: bfloat16``): the projector's Linear
   maps run under ``torch.autocast`` in that dtype, everything between them (LayerNorm, GELU)
   and the output in float32 — a cheaper whole-table projection per CE step on hardware with
@@ -131,7 +135,7 @@ class ArchetypeItemEmbedding(CachedTable):
 
     def __init__(self, features: torch.Tensor, embedding_dim: int, n_extra: int = 0, layers: int = 2,
                  width: Optional[int] = None, dropout: float = 0.0, unit_rows: bool = False,
-                 autocast_dtype: Optional[torch.dtype] = None):
+                 autocast_dtype: Optional[torch.dtype] = None, id_residual: bool = False):
         super().__init__()
         if features.dim() != 2:
             raise ValueError(f"features must be [n_items, d], got {tuple(features.shape)}")
@@ -145,6 +149,7 @@ class ArchetypeItemEmbedding(CachedTable):
         self.unit_rows = bool(unit_rows)
         self.autocast_dtype = autocast_dtype  # e.g. bfloat16: the projector's matmuls in low precision
         self.extra = nn.Parameter(torch.randn(n_extra, embedding_dim) * 0.02) if n_extra else None
+        self.residual = nn.Parameter(torch.zeros(self.num_items, embedding_dim)) if id_residual else None
         row_mask = torch.ones(self.num_items, 1)
         row_mask[0] = 0.0
         self.register_buffer("row_mask", row_mask, persistent=False)
@@ -160,12 +165,19 @@ class ArchetypeItemEmbedding(CachedTable):
 
     def project(self) -> torch.Tensor:
         """The whole table, computed now: ``[num_items + n_extra, embedding_dim]``."""
-        table = self._project(self.features) * self.row_mask
+        table = self._item_rows(None)
         if self.extra is not None:
             table = torch.cat([table, self.extra], dim=0)
         return table
 
     compute_table = project
+
+    def _item_rows(self, item: Optional[torch.Tensor]) -> torch.Tensor:
+        """Projected rows of items ``item`` (``None``: every item), padding row zero."""
+        rows = self._project(self.features if item is None else self.features[item])
+        if self.residual is not None:
+            rows = rows + (self.residual if item is None else self.residual[item])
+        return rows * (self.row_mask if item is None else self.row_mask[item])
 
     def _project(self, features: torch.Tensor) -> torch.Tensor:
         if self.autocast_dtype is None:
@@ -189,7 +201,7 @@ class ArchetypeItemEmbedding(CachedTable):
         """Rows ``ids`` of :meth:`project`, projecting each distinct id once."""
         unique, inverse = torch.unique(ids.reshape(-1), return_inverse=True)
         item = unique.clamp(max=self.num_items - 1)
-        rows = self._project(self.features[item]) * self.row_mask[item]
+        rows = self._item_rows(item)
         if self.extra is not None:
             is_extra = (unique >= self.num_items).unsqueeze(-1)
             rows = torch.where(is_extra, self.extra[(unique - self.num_items).clamp(min=0)], rows)
