@@ -278,6 +278,11 @@ def test_item_id_residual_starts_at_the_projected_table_and_trains_each_item_row
     grad = table.residual.grad
     assert grad[1:].abs().sum(dim=-1).gt(0).float().mean() > 0.5  # full CE: most item rows get a gradient
     assert torch.all(grad[0] == 0)  # the padding row is masked
+    _, _, unit, _ = _prepare(fast_config, backbone, item_id_residual=True, item_table_norm="l2")
+    with torch.no_grad():
+        unit.item_embedding.residual.normal_()
+    norms = unit.item_embedding.project()[1:unit.item_embedding.num_items].norm(dim=-1)
+    torch.testing.assert_close(norms, torch.ones_like(norms))  # l2 still gives unit rows
 
 
 def test_calibration_counts_are_those_of_recboles_training_split(fast_config):

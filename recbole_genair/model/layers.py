@@ -173,13 +173,17 @@ class ArchetypeItemEmbedding(CachedTable):
     compute_table = project
 
     def _item_rows(self, item: Optional[torch.Tensor]) -> torch.Tensor:
-        """Projected rows of items ``item`` (``None``: every item), padding row zero."""
+        """Rows of items ``item`` (``None``: every item): projected, plus the residual, then
+        unit-length if asked (so ``unit_rows`` holds with the residual too); padding row zero."""
         rows = self._project(self.features if item is None else self.features[item])
         if self.residual is not None:
             rows = rows + (self.residual if item is None else self.residual[item])
+        if self.unit_rows:
+            rows = F.normalize(rows, dim=-1)
         return rows * (self.row_mask if item is None else self.row_mask[item])
 
     def _project(self, features: torch.Tensor) -> torch.Tensor:
+        """The projector's map of ``features`` (in ``autocast_dtype`` where set)."""
         if self.autocast_dtype is None:
             rows = self.projector(features)
         else:
@@ -195,7 +199,7 @@ class ArchetypeItemEmbedding(CachedTable):
                     rows = rows.float()
                 else:
                     rows = module(rows)
-        return F.normalize(rows, dim=-1) if self.unit_rows else rows
+        return rows
 
     def compute_rows(self, ids: torch.Tensor) -> torch.Tensor:
         """Rows ``ids`` of :meth:`project`, projecting each distinct id once."""
