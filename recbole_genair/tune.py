@@ -583,12 +583,20 @@ def _scheduler(options: dict, max_t: int, state_file):
                                     brackets=options.pop("brackets", 1))
 
 
-def can_resume(out: Path) -> bool:
-    """``out`` holds a sweep Ray can continue: its ``tuner.pkl`` *and* a saved experiment
-    state.  Ray writes ``tuner.pkl`` when the Tuner is built, before any state: a sweep
-    stopped in between has nothing to continue and is started afresh."""
+def sweep_state(out: Path) -> str:
+    """What ``out`` holds: ``"resumable"`` (its ``tuner.pkl`` *and* a saved experiment state),
+    ``"stopped_early"`` (``tuner.pkl`` only: Ray writes it when the Tuner is built, before any
+    state, so a sweep stopped in between has nothing to continue and is started afresh) or
+    ``"none"``."""
     from ray import tune as ray_tune
-    return ray_tune.Tuner.can_restore(out) and any(out.glob("experiment_state-*.json"))
+    if not ray_tune.Tuner.can_restore(out):
+        return "none"
+    return "resumable" if any(out.glob("experiment_state-*.json")) else "stopped_early"
+
+
+def can_resume(out: Path) -> bool:
+    """``out`` holds a sweep Ray can continue (see :func:`sweep_state`)."""
+    return sweep_state(out) == "resumable"
 
 
 def tune(model: str = "SASRec", dataset: str = "ml-100k", method: str = "genair", config_file_list=None,
@@ -648,10 +656,11 @@ def tune(model: str = "SASRec", dataset: str = "ml-100k", method: str = "genair"
     setup = {"model": model, "dataset": dataset, "method": method, "config_file_list": files,
              "base": base, "cpus_per_trial": cpus_per_trial, "resolved": resolved_settings(config)}
     identity = sweep_identity(setup, space, num_samples)
-    resuming = can_resume(out)
+    state = sweep_state(out)
+    resuming = state == "resumable"
     if resuming or (out / SWEEP_FILE).is_file():
         check_same_sweep(out, identity)
-    if not resuming and ray_tune.Tuner.can_restore(out):
+    if state == "stopped_early":
         _say(f"{out} holds a sweep stopped before Ray saved any trial state; starting it afresh")
     if resuming and max_concurrent is not None:
         _say(f"warning: --max_concurrent={max_concurrent} is ignored: a resumed sweep keeps the "
