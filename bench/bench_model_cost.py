@@ -44,6 +44,8 @@ Run from the project root (both sides in one process, 1 thread):
     python bench/bench_model_cost.py --dataset ml-100k
     python bench/bench_model_cost.py --synthetic      # random features of ml-100k's widths
     python bench/bench_model_cost.py --loss_type BPR --max_len 20 --backbones GRU4Rec,SASRec
+    python bench/bench_model_cost.py --batch_size 512 --backbones GRU4Rec,SASRec   # the fixed
+        # per-step projector cost against a larger step (RecBole's own default batch is 2048)
 """
 from __future__ import annotations
 
@@ -283,6 +285,9 @@ def main() -> None:
                         help="ranking loss of every variant (BPR: one sampled negative per positive)")
     parser.add_argument("--max_len", type=int, default=0,
                         help="MAX_ITEM_LIST_LENGTH (0: the properties' value)")
+    parser.add_argument("--batch_size", type=int, default=0,
+                        help="train_batch_size (0: the properties' value, 128); the projector's cost "
+                             "per step does not grow with it, the backbone's does")
     parser.add_argument("--projector_dtype", default="float32", choices=("float32", "bfloat16"),
                         help="GenAIR's projector_dtype (bfloat16: the projector's Linear maps in bf16)")
     parser.add_argument("--synthetic", action="store_true",
@@ -299,6 +304,8 @@ def main() -> None:
              "eval_negatives": 0, "checkpoint_dir": str(Path(tmp.name) / "saved"), "loss_type": args.loss_type}
     if args.max_len:
         extra["MAX_ITEM_LIST_LENGTH"] = args.max_len
+    if args.batch_size:
+        extra["train_batch_size"] = args.batch_size
     genair_extra: dict = {"projector_dtype": args.projector_dtype}
     real_file = DATASET_DIR / args.dataset / f"{args.dataset}.archetype"
     if not real_file.exists() and not args.synthetic:
