@@ -594,11 +594,6 @@ def sweep_state(out: Path) -> str:
     return "resumable" if any(out.glob("experiment_state-*.json")) else "stopped_early"
 
 
-def can_resume(out: Path) -> bool:
-    """``out`` holds a sweep Ray can continue (see :func:`sweep_state`)."""
-    return sweep_state(out) == "resumable"
-
-
 def tune(model: str = "SASRec", dataset: str = "ml-100k", method: str = "genair", config_file_list=None,
          search_space=None, num_samples: Optional[int] = None, max_concurrent: Optional[int] = None,
          ray_address: Optional[str] = None, overrides: Optional[dict] = None, out_dir=None,
