@@ -482,6 +482,68 @@ def test_llm_identity_is_the_gguf_content_not_where_it_is_installed(tiny_llama, 
     assert loaded(tmp_path / "venv_c", b"weightz")["gguf_sha256"] != here["gguf_sha256"]
 
 
+def test_a_gguf_llm_is_dequantised_once_and_its_kept_copy_is_the_same_model(reference_run, monkeypatch):
+    """The first full load (here: the reference run's) keeps a de-quantised copy; later loads
+    read it instead of the GGUF file and get the same weights, tokens, stop tokens and identity."""
+    from recbole_genair.archetypes import llm as llm_module
+    from recbole_genair.archetypes.llm import GGUF_CACHE_DIR, encode_prompts, gguf_cache_path, load_llm, resolve_llm
+    kept = gguf_cache_path(*resolve_llm("smollm2"), GGUF_CACHE_DIR)
+    assert kept.is_dir() and (kept / "model.safetensors").is_file()
+
+    def no_conversion(*args):
+        raise AssertionError("de-quantised again although a copy is kept")
+
+    monkeypatch.setattr(llm_module, "_convert_gguf", no_conversion)
+    from_copy, direct = load_llm(), load_llm(gguf_cache=None)
+    assert from_copy.identity() == direct.identity() and from_copy.identity()["gguf_sha256"][:16] in kept.name
+    assert (from_copy.stop_ids, from_copy.pad_id) == (direct.stop_ids, direct.pad_id)
+    _, prompts = pipeline.load_prompts(_job(reference_run), pipeline.prompt_spec_for("ml-100k"))
+    prompts += ["Ünïcödé  spaces\n\ttabs <|im_end|> and a <|im_start|>turn"]
+    assert encode_prompts(from_copy.tokenizer, prompts) == encode_prompts(direct.tokenizer, prompts)
+    ours, theirs = from_copy.model.state_dict(), direct.model.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_a_gguf_copy_appears_whole_or_not_at_all(tmp_path, monkeypatch):
+    """Written beside its place and renamed: an interrupted conversion leaves nothing behind (and
+    a killed one's leftovers go at the next conversion); a copy another process finished first
+    is kept."""
+    import socket
+
+    import transformers
+
+    from recbole_genair.archetypes import llm as llm_module
+
+    class Saved:
+        interrupt = False
+
+        @classmethod
+        def from_pretrained(cls, source, gguf_file, **kwargs):
+            assert (source, gguf_file) == ("wheel", "m.gguf")
+            return cls()
+
+        def save_pretrained(self, directory):
+            Path(directory).mkdir(parents=True, exist_ok=True)
+            (Path(directory) / type(self).__name__).write_text(str(id(self)))
+            if Saved.interrupt and type(self).__name__ == "Model":
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(transformers, "AutoTokenizer", type("Tokenizer", (Saved,), {}))
+    monkeypatch.setattr(transformers, "AutoModelForCausalLM", type("Model", (Saved,), {}))
+    target = tmp_path / "copy"
+    (tmp_path / f".copy.tmp-{socket.gethostname()}-999999999").mkdir()   # no such process
+    Saved.interrupt = True
+    with pytest.raises(KeyboardInterrupt):
+        llm_module._convert_gguf("wheel", "m.gguf", target)
+    assert list(tmp_path.iterdir()) == []
+    Saved.interrupt = False
+    llm_module._convert_gguf("wheel", "m.gguf", target)
+    first = {p.name: p.read_text() for p in target.iterdir()}
+    assert sorted(first) == ["Model", "Tokenizer"]
+    llm_module._convert_gguf("wheel", "m.gguf", target)                   # lost the race to rename
+    assert {p.name: p.read_text() for p in target.iterdir()} == first and list(tmp_path.iterdir()) == [target]
+
+
 def test_item_file_values_are_read_as_recbole_reads_them(tmp_path):
     """The converters CSV-quote a value that starts with '"'; the prompt used to show the quoting."""
     from recbole_genair.data.converters import AtomicTable, write_atomic

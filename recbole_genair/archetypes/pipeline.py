@@ -38,7 +38,7 @@ import torch
 from tqdm import tqdm
 
 from recbole_genair.archetypes.extract import generate_and_embed, teacher_forced
-from recbole_genair.archetypes.llm import DEFAULT_LLM, LoadedLLM, encode_prompts, load_llm
+from recbole_genair.archetypes.llm import DEFAULT_LLM, GGUF_CACHE_DIR, LoadedLLM, encode_prompts, load_llm
 from recbole_genair.archetypes.prompt import PromptSpec, build_prompt, check_fields, read_item_file
 from recbole_genair.archetypes.store import (MISSING_CRC, Shard, ShardStore, atomic_write_text, make_shard,
                                              prompt_checksum, prompt_matches, settings_key)
@@ -81,6 +81,7 @@ class ArchetypeJob:
     ray_address: Optional[str] = None  # Ray workers: a cluster's address, or "local"
     dataset_dir: Path = DATASET_DIR
     limit: Optional[int] = None   # only the first N items (smoke runs); final files are not written
+    gguf_cache: Optional[Path] = GGUF_CACHE_DIR  # de-quantised GGUF copies (None: keep none)
 
     @property
     def data_dir(self) -> Path:
@@ -118,12 +119,12 @@ def plan_batches(tokens: Sequence[str], prompt_ids: Sequence[Sequence[int]], bat
 _WORKER: dict = {}
 
 
-def _init_worker(llm: str, device: str, dtype: str, threads: int) -> None:
+def _init_worker(llm: str, device: str, dtype: str, threads: int, gguf_cache: Optional[Path]) -> None:
     """Load the LLM once per process (kept for later jobs with the same model)."""
     torch.set_num_threads(threads)
     logging.getLogger("transformers").setLevel(logging.ERROR)
     if _WORKER.get("key") != (llm, device, dtype):
-        _WORKER["llm"] = load_llm(llm, device=device, dtype=dtype)
+        _WORKER["llm"] = load_llm(llm, device=device, dtype=dtype, gguf_cache=gguf_cache)
         _WORKER["key"] = (llm, device, dtype)
 
 
@@ -141,9 +142,14 @@ def _worker_llm() -> LoadedLLM:
     return _WORKER["llm"]
 
 
+def _model_args(job: ArchetypeJob) -> tuple:
+    """What a worker needs to load the job's LLM (:func:`_init_worker`'s arguments)."""
+    return job.llm, job.device, job.generation.dtype, job.threads, job.gguf_cache
+
+
 def _job_llm(job: ArchetypeJob) -> LoadedLLM:
     """The job's LLM, loaded in this process (with the job's thread count) as a worker would."""
-    _init_worker(job.llm, job.device, job.generation.dtype, job.threads)
+    _init_worker(*_model_args(job))
     return _WORKER["llm"]
 
 
@@ -160,7 +166,7 @@ def _driver_llm(job: ArchetypeJob) -> LoadedLLM:
     if not (job.ray_address or job.workers > 1):
         return _job_llm(job)
     if _DRIVER.get("key") != job.llm:
-        _DRIVER["llm"], _DRIVER["key"] = load_llm(job.llm, weights=False), job.llm
+        _DRIVER["llm"], _DRIVER["key"] = load_llm(job.llm, weights=False, gguf_cache=job.gguf_cache), job.llm
     return _DRIVER["llm"]
 
 
@@ -488,7 +494,7 @@ def _map(job: ArchetypeJob, fn, tasks):
     # memory) breaks the executor with an error; a Pool replaces the process and waits forever
     # for the batch it lost.
     executor = ProcessPoolExecutor(job.workers, mp_context=mp.get_context("spawn"))
-    model_args = (job.llm, job.device, job.generation.dtype, job.threads)
+    model_args = _model_args(job)
     try:
         for future in as_completed([executor.submit(_in_worker, model_args, fn, task) for task in tasks]):
             try:
@@ -506,8 +512,8 @@ def _map(job: ArchetypeJob, fn, tasks):
 class _RayWorker:
     """A Ray actor that loads the job's LLM once, at its first batch, and runs batches on it."""
 
-    def __init__(self, llm: str, device: str, dtype: str, threads: int):
-        self.model_args = (llm, device, dtype, threads)
+    def __init__(self, *model_args):
+        self.model_args = model_args  # :func:`_model_args`
 
     def run(self, fn, task):
         return _in_worker(self.model_args, fn, task)  # the LLM loads at the first batch, then is kept
@@ -533,7 +539,7 @@ def _map_ray(job: ArchetypeJob, fn, tasks):
     try:
         resources = {"num_cpus": job.threads, "num_gpus": 1 if job.device.startswith("cuda") else 0}
         actor = ray.remote(**resources)(_RayWorker)
-        workers = [actor.remote(job.llm, job.device, job.generation.dtype, job.threads)
+        workers = [actor.remote(*_model_args(job))
                    for _ in range(max(1, min(job.workers, len(tasks))))]
         pool = ActorPool(workers)
         try:
