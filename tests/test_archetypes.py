@@ -488,7 +488,7 @@ def test_a_gguf_llm_is_dequantised_once_and_its_kept_copy_is_the_same_model(refe
     from recbole_genair.archetypes import llm as llm_module
     from recbole_genair.archetypes.llm import GGUF_CACHE_DIR, encode_prompts, gguf_cache_path, load_llm, resolve_llm
     kept = gguf_cache_path(*resolve_llm("smollm2"), GGUF_CACHE_DIR)
-    assert kept.is_dir() and (kept / "model.safetensors").is_file()
+    assert (kept / "model.safetensors").is_file(), f"no de-quantised copy at {kept} (see load_llm's warning)"
 
     def no_conversion(*args):
         raise AssertionError("de-quantised again although a copy is kept")
