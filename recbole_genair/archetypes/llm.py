@@ -105,11 +105,11 @@ def gguf_cache_path(source: str, gguf_file: str, cache_dir: Path) -> Path:
 
 def _running(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # PermissionError: it runs, as someone else
     except ProcessLookupError:
         return False
-    except PermissionError:  # someone else's process
-        return True
+    except PermissionError:
+        pass
     return True
 
 
