@@ -369,7 +369,8 @@ def _write_table(stem: Path, records, models, methods, metrics, title, failures,
     """``<stem>.md`` and ``<stem>.csv``: the Table 2 layout of ``records``."""
     rows = summarize(records, models, methods, metrics)
     files = {"markdown": stem.with_suffix(".md"), "csv": stem.with_suffix(".csv")}
-    _atomic_write(files["markdown"], render_markdown(rows, methods, metrics, title, failures, missing))
+    capped = [r for r in records if r["model"] in models and r["method"] in methods and stopped_by_the_cap(r)]
+    _atomic_write(files["markdown"], render_markdown(rows, methods, metrics, title, failures, missing, capped))
     _atomic_write(files["csv"], _csv_text(*table_csv(rows, methods)))
     return files
 
@@ -490,8 +491,18 @@ def pvalue_text(p: Optional[float]) -> str:
     return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
 
 
+def stopped_by_the_cap(record: dict) -> bool:
+    """The run trained every epoch its ``epochs`` setting allowed and its best validation score
+    came at the last evaluation: it was still improving when the cap stopped it, so its test
+    figures may understate what the method reaches (compared with runs that early stopping ended)."""
+    curve, cap = record.get("valid_curve"), (record.get("settings") or {}).get("epochs")
+    if not curve or cap is None or record.get("epochs_run") != int(cap):
+        return False
+    return max(range(len(curve)), key=lambda i: (curve[i], i)) == len(curve) - 1  # ties: the later
+
+
 def render_markdown(rows: list[dict], methods: Sequence[str], metrics: Sequence[str], title: str,
-                    failures: Sequence[dict] = (), missing: Sequence[dict] = ()) -> str:
+                    failures: Sequence[dict] = (), missing: Sequence[dict] = (), capped: Sequence[dict] = ()) -> str:
     ablations = [m for m in methods if m in ABLATIONS] if GENAIR in methods else []
     show_gain = GENAIR in methods and any(m != GENAIR and m not in ABLATIONS for m in methods)
     head = (["Backbone", "Metric", *methods]
@@ -524,6 +535,11 @@ def render_markdown(rows: list[dict], methods: Sequence[str], metrics: Sequence[
             cells.append(pvalue_text(row["p_value"]))
         cells += [pvalue_text(row["ablation_p"].get(m)) for m in ablations]
         lines.append(f"| {row['backbone']} | {metric_label(row['metric'])} | " + " | ".join(cells) + " |")
+    if capped:
+        lines += ["", "Stopped by the epoch cap while still improving (best validation score at the last "
+                  "epoch; these figures may understate the method: a run with more `--epochs` would tell):", ""]
+        lines += [f"- {r['model']} / {r['method']} / seed {r['seed']}: valid {max(r['valid_curve']):.4f} "
+                  f"at epoch {r['epochs_run']} of {r['epochs_run']}" for r in capped]
     if failures:
         lines += ["", "Failed runs (re-run the command to retry them):", ""]
         lines += [f"- {f['model']} / {f['method']} / seed {f['seed']}: {f['error']}" for f in failures]

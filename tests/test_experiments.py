@@ -377,3 +377,25 @@ def test_singular_model_or_method_is_an_error_not_the_whole_default_grid(arg, hi
 def test_a_table_metric_recbole_did_not_compute_is_named(fake, tmp_path, capsys):
     grid(tmp_path, methods=["base"], seeds=1, metrics=["hit@10", "mrr@10"])
     assert "no finished cell has mrr@10 (RecBole computed hit@10, hit@5, ndcg@10)" in capsys.readouterr().err
+
+
+def test_a_run_the_epoch_cap_stopped_while_it_improved_is_named_under_the_table(fake, fake_settings, tmp_path,
+                                                                                monkeypatch):
+    """GenAIR still rising at the cap vs a baseline that early stopping ended: the table says so."""
+    curves = {"genair": [0.30, 0.32, 0.33, 0.34, 0.35],   # best at the last of 5 allowed epochs
+              "llminit": [0.33, 0.36, 0.35, 0.34, 0.34],  # best at epoch 2, then patience ran out
+              "base": [0.30, 0.31, 0.31]}                 # stopped early on a tie (the later one counts)
+
+    def run(model, dataset, method, config_file_list=None, config_dict=None, saved=True, callback=None):
+        result = fake(model, dataset, method, config_file_list, config_dict, saved, callback)
+        return {**result, "valid_curve": curves[method], "epochs_run": len(curves[method])}
+
+    monkeypatch.setattr(experiments, "run", run)
+    monkeypatch.setattr(experiments, "cell_settings", lambda *a: {"epochs": 5, "data:toy.inter": "abc"})
+    grid(tmp_path, seeds=1)
+    lines = (tmp_path / "table2.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Stopped by the epoch cap"))
+    assert lines[start + 2:] == ["- SASRec / genair / seed 100: valid 0.3500 at epoch 5 of 5",
+                                 "- GRU4Rec / genair / seed 100: valid 0.3500 at epoch 5 of 5"]
+    assert experiments.stopped_by_the_cap({"valid_curve": [0.3, 0.3], "epochs_run": 2, "settings": {"epochs": "2"}})
+    assert not experiments.stopped_by_the_cap({"valid_curve": [0.3, 0.4], "epochs_run": 2, "settings": {}})
