@@ -369,7 +369,7 @@ def _write_table(stem: Path, records, models, methods, metrics, title, failures,
     """``<stem>.md`` and ``<stem>.csv``: the Table 2 layout of ``records``."""
     rows = summarize(records, models, methods, metrics)
     files = {"markdown": stem.with_suffix(".md"), "csv": stem.with_suffix(".csv")}
-    capped = [r for r in records if r["model"] in models and r["method"] in methods and stopped_by_the_cap(r)]
+    capped = [r for r in records if stopped_by_the_cap(r)]
     _atomic_write(files["markdown"], render_markdown(rows, methods, metrics, title, failures, missing, capped))
     _atomic_write(files["csv"], _csv_text(*table_csv(rows, methods)))
     return files
@@ -498,7 +498,7 @@ def stopped_by_the_cap(record: dict) -> bool:
     curve, cap = record.get("valid_curve"), (record.get("settings") or {}).get("epochs")
     if not curve or cap is None or record.get("epochs_run") != int(cap):
         return False
-    return max(range(len(curve)), key=lambda i: (curve[i], i)) == len(curve) - 1  # ties: the later
+    return curve[-1] == max(curve)  # a tie counts as the later epoch, as RecBole keeps it
 
 
 def render_markdown(rows: list[dict], methods: Sequence[str], metrics: Sequence[str], title: str,
