@@ -9,13 +9,16 @@ GRU4Rec (``bench_model_cost.py``).  Variants, all with the same weights:
 * ``bf16 Linear maps`` — what ``projector_dtype: bfloat16`` ships (``ArchetypeItemEmbedding``
   with ``autocast_dtype``): the two Linear maps under bf16 autocast, LayerNorm/GELU in float32;
 * ``bf16 autocast, whole projector`` — the first version of the option, kept here for
-  comparison: LayerNorm then runs in bf16 too.
+  comparison: LayerNorm then runs in bf16 too;
+* ``float32, torch.compile`` (with ``--compile``) — the float32 table through
+  ``torch.compile`` (inductor; compiled once before timing, ~40 s here), same weights.
 
 One step = project, score 128 sequence states, CE on random targets, backward; the variants
 alternate within each round, 1 thread.  Also printed: the cosine of the table rows to float32
 and each parameter's gradient error ``||g - g_fp32|| / ||g_fp32||``.
 
     python bench/bench_projector_dtype.py            # 3 rounds of 15 steps each
+    python bench/bench_projector_dtype.py --compile  # also torch.compile
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--compile", action="store_true", help="add the torch.compile variant")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -53,6 +57,10 @@ def main() -> None:
 
     variants = {"float32": (fp32, fp32.project), "bf16 Linear maps (shipped)": (linears, linears.project),
                 "bf16 autocast, whole projector": (fp32, whole_autocast)}
+    if args.compile:
+        compiled = ArchetypeItemEmbedding(features, args.hidden)
+        compiled.load_state_dict(fp32.state_dict())
+        variants["float32, torch.compile"] = (compiled, torch.compile(compiled.project))
 
     def step(name: str):
         module, project = variants[name]
@@ -62,6 +70,8 @@ def main() -> None:
         loss.backward()
         return table.detach(), {n: p.grad.clone() for n, p in module.projector.named_parameters()}
 
+    for name in variants:  # warm-up (and compilation) outside the timing
+        step(name)
     times: dict[str, list] = {name: [] for name in variants}
     order = list(variants)
     for r in range(args.rounds):
