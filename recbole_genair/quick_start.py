@@ -18,6 +18,7 @@ from recbole.utils import get_environment, init_seed, set_color
 
 from recbole_genair.compat import init_logger, load_checkpoint, quiet_recbole_deprecations
 from recbole_genair.config import Config
+from recbole_genair.data.converters import KNOWN_DATASETS
 from recbole_genair.paths import DATASET_DIR
 from recbole_genair.registry import UnknownChoiceError, method_settings, model_class
 from recbole_genair.trainer import GenAIRTrainer, fixed_negatives
@@ -37,7 +38,10 @@ def check_dataset(config) -> None:
         raise UnknownChoiceError(
             f"unknown dataset {name!r} (prepared: {known}); prepare it with "
             f"`python -m recbole_genair.datasets {name}`")
-    raise UnknownChoiceError(f"dataset {name!r}: no {name}.inter in {folder} (data_path)")
+    hint = ""
+    if name in KNOWN_DATASETS:  # e.g. run from another folder before preparing a known data set
+        hint = f"; prepare it with `python -m recbole_genair.datasets {name}` (writes {DATASET_DIR / name})"
+    raise UnknownChoiceError(f"dataset {name!r}: no {name}.inter in {folder} (data_path){hint}")
 
 
 def create_dataset(config):

@@ -70,6 +70,10 @@ def test_unknown_dataset_is_one_line_error(data_root, tmp_path):
         build_config("SASRec", "NoSuchData", "base")
     with pytest.raises(UnknownChoiceError, match=r"no NoSuchData.inter in .*NoSuchData \(data_path\)"):
         build_config("SASRec", "NoSuchData", "base", config_dict={"data_path": str(data_root)})
+    # a known data set not prepared yet, looked for elsewhere (another folder's dataset/): the command
+    with pytest.raises(UnknownChoiceError, match=r"no Yelp.inter in .*\(data_path\); prepare it with "
+                                                 r"`python -m recbole_genair.datasets Yelp`"):
+        build_config("SASRec", "Yelp", "base", config_dict={"data_path": str(tmp_path)})
     # data_path from a YAML file counts as much as from config_dict (it used to be refused)
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "mine.inter").write_bytes((data_root / "ml-100k" / "ml-100k.inter").read_bytes())
