@@ -11,7 +11,8 @@ For each checkpoint (one process, 1 torch thread, the checkpoints' own data and 
 negatives), the script prints
 
 * how the item rows and the output bias (BERT4Rec only) relate to popularity: Spearman
-  correlation with the item's training interactions;
+  correlation with the item's training interactions; how alike the rows are (nearest other
+  row's cosine), as they are and without their common part (the mean row);
 * the user-independent part of the score, g(i) = mean user vector · e_i + b_i: its Spearman
   correlation with popularity and the median over users of corr(score_u, g) (1 = every user
   gets the same ranking);
@@ -194,6 +195,10 @@ def describe(model_file: str, bias_scales: list[float], norm_powers: list[float]
     agreement = np.median([np.corrcoef(s, general)[0, 1] for s in scores])
     print(f"- item rows: mean norm {norms.mean():.3f}, Spearman(norm, popularity) {spearmanr(norms, count)[0]:+.3f}; "
           f"items whose nearest other row has cosine > 0.9: {np.mean(nearest_row_cosine(rows) > 0.9):.1%}")
+    centred = rows - rows.mean(0)
+    print(f"- the rows' common part: mean row norm {np.linalg.norm(rows.mean(0)):.3f}; rows minus it: mean norm "
+          f"{np.linalg.norm(centred, axis=1).mean():.3f}, items whose nearest other centred row has cosine > 0.9: "
+          f"{np.mean(nearest_row_cosine(centred) > 0.9):.1%}")
     if bias is None:
         print("- output bias: none (this backbone scores with the item rows only)")
     else:
