@@ -12,7 +12,8 @@ negatives), the script prints
 
 * how the item rows and the output bias (BERT4Rec only) relate to popularity: Spearman
   correlation with the item's training interactions; how alike the rows are (nearest other
-  row's cosine), as they are and without their common part (the mean row);
+  row's cosine), as they are and without their common part (the mean row), and how alike
+  the archetype features they are projected from are (GenAIR only);
 * the user-independent part of the score, g(i) = mean user vector · e_i + b_i: its Spearman
   correlation with popularity and the median over users of corr(score_u, g) (1 = every user
   gets the same ranking);
@@ -211,6 +212,10 @@ def describe(model_file: str, bias_scales: list[float], norm_powers: list[float]
     features = getattr(model.item_embedding, "features", None)
     if features is not None:
         neighbours[config["dataset"]] = feature_neighbours(features)
+        inputs = features[1:dataset.item_num].detach().double().cpu().numpy()
+        print(f"- archetype features (the projector's input): items whose nearest other item has cosine > 0.9: "
+              f"{np.mean(nearest_row_cosine(inputs) > 0.9):.1%}; centred: "
+              f"{np.mean(nearest_row_cosine(inputs - inputs.mean(0)) > 0.9):.1%}")
     if config["dataset"] in neighbours:
         near = neighbours[config["dataset"]][targets]
         held = np.array([np.isin(t, n).sum() for t, n in zip(top, near)])
