@@ -1,0 +1,72 @@
+"""Analysis: are the archetype features' near-twins the same product in another shade or size?
+
+Claim (bench/RESULTS.md, "Where LLMInit's full-ranking lead on SASRec lives"): half of
+Amazon_Beauty's items have a feature near-twin (cosine > 0.9 between the concatenated
+prefill + decoding features), and most of those twins are *different* products of the same
+brand or kind, not variants sharing a title: the features tell item types apart better than
+items.
+
+For every item the script finds its nearest other item by feature cosine and compares the
+two items' metadata (same brand, same category list, title-word Jaccard), for items with a
+twin and for the rest, then prints a few random twin pairs.  Rows are matched to metadata by
+item token, never by position.
+
+    python bench/bench_feature_twins.py [--dataset=Amazon_Beauty] [--threshold=0.9] [--examples=6]
+"""
+from __future__ import annotations
+
+import argparse
+import re
+
+import numpy as np
+import pandas as pd
+import torch
+
+from recbole_genair.paths import DATASET_DIR
+
+
+def read_atomic(path) -> pd.DataFrame:
+    frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    frame.columns = [c.split(":")[0] for c in frame.columns]
+    return frame
+
+
+def words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", default="Amazon_Beauty")
+    parser.add_argument("--threshold", type=float, default=0.9)
+    parser.add_argument("--examples", type=int, default=6)
+    args = parser.parse_args(argv)
+    folder = DATASET_DIR / args.dataset
+    features = read_atomic(folder / f"{args.dataset}.archetype")
+    items = read_atomic(folder / f"{args.dataset}.item").set_index("item_id").loc[features["item_id"]]
+    rows = np.array([np.fromstring(a, sep=" ").tolist() + np.fromstring(b, sep=" ").tolist()
+                     for a, b in zip(features["prefill_emb"], features["decoding_emb"])])
+    x = torch.nn.functional.normalize(torch.as_tensor(rows, dtype=torch.float32), dim=1)
+    sim = x @ x.T
+    sim.fill_diagonal_(-2.0)
+    best, nearest = (t.numpy() for t in sim.max(1))
+    twin = best > args.threshold
+    title, brand, cats = items["title"].tolist(), items["brand"].tolist(), items["categories"].tolist()
+    jaccard = np.array([len(words(title[i]) & words(title[j])) / max(1, len(words(title[i]) | words(title[j])))
+                        for i, j in enumerate(nearest)])
+    same_brand = np.array([brand[i] != "" and brand[i] == brand[j] for i, j in enumerate(nearest)])
+    same_cats = np.array([cats[i] == cats[j] for i, j in enumerate(nearest)])
+    print(f"{args.dataset}: {len(x):,} items, {rows.shape[1]} feature dims; "
+          f"items with a feature twin (cosine > {args.threshold:g}): {twin.mean():.1%}\n")
+    print("| items | count | nearest item: same brand | same categories | title-word Jaccard, median | Jaccard >= 0.5 |")
+    print("|---|--:|--:|--:|--:|--:|")
+    for name, mask in (("with a twin", twin), ("without", ~twin)):
+        print(f"| {name} | {mask.sum():,} | {same_brand[mask].mean():.1%} | {same_cats[mask].mean():.1%} | "
+              f"{np.median(jaccard[mask]):.2f} | {np.mean(jaccard[mask] >= 0.5):.1%} |")
+    print("\nrandom twin pairs (cosine | item | its nearest item):")
+    for i in np.random.default_rng(0).choice(np.flatnonzero(twin), min(args.examples, twin.sum()), replace=False):
+        print(f"  {best[i]:.3f} | {title[i][:70]} | {title[nearest[i]][:70]}")
+
+
+if __name__ == "__main__":
+    main()
