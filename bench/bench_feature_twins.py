@@ -19,16 +19,13 @@ import argparse
 import re
 
 import numpy as np
-import pandas as pd
 import torch
 
+from recbole_genair.archetypes.prompt import read_item_file
+from recbole_genair.data.dataset import FEATURE_FIELDS
+from recbole_genair.data.features import read_feature_file
+from recbole_genair.model.baselines.llmesr import nearest_users
 from recbole_genair.paths import DATASET_DIR
-
-
-def read_atomic(path) -> pd.DataFrame:
-    frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-    frame.columns = [c.split(":")[0] for c in frame.columns]
-    return frame
 
 
 def words(text: str) -> set[str]:
@@ -42,16 +39,17 @@ def main(argv=None) -> None:
     parser.add_argument("--examples", type=int, default=6)
     args = parser.parse_args(argv)
     folder = DATASET_DIR / args.dataset
-    features = read_atomic(folder / f"{args.dataset}.archetype")
-    items = read_atomic(folder / f"{args.dataset}.item").set_index("item_id").loc[features["item_id"]]
-    rows = np.array([np.fromstring(a, sep=" ").tolist() + np.fromstring(b, sep=" ").tolist()
-                     for a, b in zip(features["prefill_emb"], features["decoding_emb"])])
-    x = torch.nn.functional.normalize(torch.as_tensor(rows, dtype=torch.float32), dim=1)
-    sim = x @ x.T
-    sim.fill_diagonal_(-2.0)
-    best, nearest = (t.numpy() for t in sim.max(1))
+    tokens, columns = read_feature_file(folder / f"{args.dataset}.archetype", list(FEATURE_FIELDS.values()))
+    rows = np.concatenate([columns[f] for f in FEATURE_FIELDS.values()], axis=1)
+    _names, item_rows = read_item_file(folder / f"{args.dataset}.item")
+    meta = {row["item_id"]: row for row in item_rows}
+    items = [meta[token] for token in tokens]  # by item token
+    x = torch.nn.functional.normalize(torch.as_tensor(rows), dim=1)
+    nearest = nearest_users(x, torch.ones(len(x), dtype=torch.bool), 1)[:, 0]
+    best = (x * x[nearest]).sum(1).numpy()
+    nearest = nearest.numpy()
     twin = best > args.threshold
-    title, brand, cats = items["title"].tolist(), items["brand"].tolist(), items["categories"].tolist()
+    title, brand, cats = ([item.get(f, "") for item in items] for f in ("title", "brand", "categories"))
     jaccard = np.array([len(words(title[i]) & words(title[j])) / max(1, len(words(title[i]) | words(title[j])))
                         for i, j in enumerate(nearest)])
     same_brand = np.array([brand[i] != "" and brand[i] == brand[j] for i, j in enumerate(nearest)])
