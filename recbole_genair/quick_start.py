@@ -33,14 +33,12 @@ def check_dataset(config) -> None:
     name, folder = config["dataset"], Path(config["data_path"])
     if (folder / f"{name}.inter").is_file():
         return
+    prepare = f"prepare it with `python -m recbole_genair.datasets {name}`"
     if folder.resolve() == (DATASET_DIR / name).resolve():
         known = ", ".join(available_datasets()) or "none yet"
-        raise UnknownChoiceError(
-            f"unknown dataset {name!r} (prepared: {known}); prepare it with "
-            f"`python -m recbole_genair.datasets {name}`")
-    hint = ""
-    if name in KNOWN_DATASETS:  # e.g. run from another folder before preparing a known data set
-        hint = f"; prepare it with `python -m recbole_genair.datasets {name}` (writes {DATASET_DIR / name})"
+        raise UnknownChoiceError(f"unknown dataset {name!r} (prepared: {known}); {prepare}")
+    # e.g. run from another folder before preparing a known data set
+    hint = f"; {prepare} (writes {DATASET_DIR / name})" if name in KNOWN_DATASETS else ""
     raise UnknownChoiceError(f"dataset {name!r}: no {name}.inter in {folder} (data_path){hint}")
 
 
