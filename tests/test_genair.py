@@ -255,6 +255,22 @@ def test_item_table_norm_l2_gives_unit_item_rows_on_both_paths(backbone, fast_co
         _prepare(fast_config, backbone, item_table_norm="layer")
 
 
+def test_feature_scaling_standardize_whitens_the_item_features(fast_config):
+    dataset, _, plain, _ = _prepare(fast_config)
+    _, _, model, _ = _prepare(fast_config, feature_scaling="standardize")
+    raw, scaled = plain.item_embedding.features, model.item_embedding.features
+    assert raw[1:].std(dim=0).max() / raw[1:].std(dim=0).min() > 5  # the paper's features: unequal scales
+    torch.testing.assert_close(scaled[1:].mean(dim=0), torch.zeros(scaled.shape[1]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(scaled[1:].std(dim=0), torch.ones(scaled.shape[1]))
+    assert torch.all(scaled[0] == 0)  # padding stays zero
+    # per column an affine map of the item's own features: alignment by item id is kept
+    item = dataset.item_num // 2
+    expected = (raw[item] - raw[1:].mean(dim=0)) / raw[1:].std(dim=0)
+    torch.testing.assert_close(scaled[item], expected)
+    with pytest.raises(ValueError, match="feature_scaling must be one of none, standardize"):
+        _prepare(fast_config, feature_scaling="minmax")
+
+
 @pytest.mark.parametrize("backbone", ["SASRec", "BERT4Rec"])
 def test_item_id_residual_starts_at_the_projected_table_and_trains_each_item_row(backbone, fast_config):
     torch.manual_seed(0)

@@ -31,7 +31,7 @@ class GenAIRMixin(FeatureModelMixin):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        features = self.llm_features(config, dataset)
+        features = self.scale_features(self.llm_features(config, dataset), config)
         original = self.item_embedding
         width = config["projector_width"]
         self.item_embedding = ArchetypeItemEmbedding(
@@ -48,6 +48,26 @@ class GenAIRMixin(FeatureModelMixin):
                                               gamma=float(config["calibration_gamma"]))
             self.calibration = CalibrationLoss(weights, t=float(config["calibration_t"]),
                                                variant=str(config["calibration_variant"]))
+
+    @staticmethod
+    def scale_features(features: torch.Tensor, config) -> torch.Tensor:
+        """``feature_scaling``: ``none`` (the paper) or ``standardize`` — every column centred
+        and divided by its standard deviation over the items (row 0, padding, stays zero);
+        on PCA features that is whitening: each component gets unit variance, so the
+        low-variance components that tell similar items apart are as loud as the first ones."""
+        name = str(config["feature_scaling"] or "none")
+        if name not in ("none", "standardize"):
+            raise ValueError(f"feature_scaling must be one of none, standardize; got {name!r}")
+        if name == "none":
+            return features
+        items = features[1:]
+        std = items.std(dim=0)
+        if bool((std == 0).any()):
+            raise ValueError(f"feature_scaling: standardize: {int((std == 0).sum())} feature columns are "
+                             "constant over the items")
+        scaled = torch.zeros_like(features)
+        scaled[1:] = (items - items.mean(dim=0)) / std
+        return scaled
 
     @staticmethod
     def unit_item_rows(config) -> bool:
