@@ -12,6 +12,10 @@ twin and for the rest, then prints a few random twin pairs.  Rows are matched to
 item token, never by position.
 
     python bench/bench_feature_twins.py [--dataset=Amazon_Beauty] [--threshold=0.9] [--examples=6]
+
+It also prints each feature block's scale (standard deviation of its first and last PCA
+component) and the twin share after ``feature_scaling: standardize`` (every column to unit
+variance), the option that tests whether the twins are an artefact of the components' scales.
 """
 from __future__ import annotations
 
@@ -25,11 +29,19 @@ from recbole_genair.archetypes.prompt import read_item_file
 from recbole_genair.data.dataset import FEATURE_FIELDS
 from recbole_genair.data.features import read_feature_file
 from recbole_genair.model.baselines.llmesr import nearest_users
+from recbole_genair.model.layers import standardize_columns
 from recbole_genair.paths import DATASET_DIR
 
 
 def words(text: str) -> set[str]:
     return set(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+def nearest_by_cosine(rows: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """For every row: the cosine to its nearest other row, and that row's index."""
+    x = torch.nn.functional.normalize(rows.float(), dim=1)
+    nearest = nearest_users(x, torch.ones(len(x), dtype=torch.bool), 1)[:, 0]
+    return (x * x[nearest]).sum(1).numpy(), nearest.numpy()
 
 
 def main(argv=None) -> None:
@@ -44,23 +56,27 @@ def main(argv=None) -> None:
     _names, item_rows = read_item_file(folder / f"{args.dataset}.item")
     meta = {row["item_id"]: row for row in item_rows}
     items = [meta[token] for token in tokens]  # by item token
-    x = torch.nn.functional.normalize(torch.as_tensor(rows), dim=1)
-    nearest = nearest_users(x, torch.ones(len(x), dtype=torch.bool), 1)[:, 0]
-    best = (x * x[nearest]).sum(1).numpy()
-    nearest = nearest.numpy()
+    best, nearest = nearest_by_cosine(torch.as_tensor(rows))
     twin = best > args.threshold
     title, brand, cats = ([item.get(f, "") for item in items] for f in ("title", "brand", "categories"))
     jaccard = np.array([len(words(title[i]) & words(title[j])) / max(1, len(words(title[i]) | words(title[j])))
                         for i, j in enumerate(nearest)])
     same_brand = np.array([brand[i] != "" and brand[i] == brand[j] for i, j in enumerate(nearest)])
     same_cats = np.array([cats[i] == cats[j] for i, j in enumerate(nearest)])
-    print(f"{args.dataset}: {len(x):,} items, {rows.shape[1]} feature dims; "
+    print(f"{args.dataset}: {len(rows):,} items, {rows.shape[1]} feature dims; "
           f"items with a feature twin (cosine > {args.threshold:g}): {twin.mean():.1%}\n")
     print("| items | count | nearest item: same brand | same categories | title-word Jaccard, median | Jaccard >= 0.5 |")
     print("|---|--:|--:|--:|--:|--:|")
     for name, mask in (("with a twin", twin), ("without", ~twin)):
         print(f"| {name} | {mask.sum():,} | {same_brand[mask].mean():.1%} | {same_cats[mask].mean():.1%} | "
               f"{np.median(jaccard[mask]):.2f} | {np.mean(jaccard[mask] >= 0.5):.1%} |")
+    print("\n| feature block | dims | std of first / last component |")
+    print("|---|--:|--:|")
+    for field in FEATURE_FIELDS.values():
+        std = columns[field].std(axis=0)
+        print(f"| {field} | {len(std)} | {std[0]:.3f} / {std[-1]:.3f} |")
+    scaled_best, _ = nearest_by_cosine(standardize_columns(torch.as_tensor(rows)))
+    print(f"items with a feature twin after feature_scaling: standardize: {np.mean(scaled_best > args.threshold):.1%}")
     print("\nrandom twin pairs (cosine | item | its nearest item):")
     for i in np.random.default_rng(0).choice(np.flatnonzero(twin), min(args.examples, twin.sum()), replace=False):
         print(f"  {best[i]:.3f} | {title[i][:70]} | {title[nearest[i]][:70]}")

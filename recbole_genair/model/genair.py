@@ -20,7 +20,7 @@ from recbole.model.sequential_recommender import BERT4Rec, GRU4Rec, SASRec
 
 from recbole_genair.data.cooccurrence import normalized_scores
 from recbole_genair.model.calibration import CalibrationLoss, PairWeights
-from recbole_genair.model.layers import ArchetypeItemEmbedding
+from recbole_genair.model.layers import ArchetypeItemEmbedding, standardize_columns
 from recbole_genair.model.mixin import FeatureModelMixin
 
 
@@ -60,13 +60,8 @@ class GenAIRMixin(FeatureModelMixin):
             raise ValueError(f"feature_scaling must be one of none, standardize; got {name!r}")
         if name == "none":
             return features
-        items = features[1:]
-        std = items.std(dim=0)
-        if bool((std == 0).any()):
-            raise ValueError(f"feature_scaling: standardize: {int((std == 0).sum())} feature columns are "
-                             "constant over the items")
         scaled = torch.zeros_like(features)
-        scaled[1:] = (items - items.mean(dim=0)) / std
+        scaled[1:] = standardize_columns(features[1:])
         return scaled
 
     @staticmethod

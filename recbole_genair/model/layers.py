@@ -53,6 +53,15 @@ def make_projector(in_dim: int, out_dim: int, layers: int = 2, width: Optional[i
     return nn.Sequential(*mods)
 
 
+def standardize_columns(rows: torch.Tensor) -> torch.Tensor:
+    """Each column centred and divided by its standard deviation over the rows (for PCA
+    coordinates: whitening).  A constant column is an error, not a division by zero."""
+    std = rows.std(dim=0)
+    if bool((std == 0).any()):
+        raise ValueError(f"cannot standardize: {int((std == 0).sum())} feature columns are constant over the items")
+    return (rows - rows.mean(dim=0)) / std
+
+
 class CachedTable(nn.Module):
     """An ``nn.Embedding`` look-alike whose table :meth:`compute_table` derives from parameters.
 
