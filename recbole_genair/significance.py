@@ -140,13 +140,16 @@ def model_settings(config) -> dict:
 def labels_for(a: "Evaluated", b: "Evaluated") -> tuple[str, str]:
     """``backbone/method`` for each checkpoint, plus the settings both have but set differently
     (e.g. ``GRU4Rec/genair (calibration_alpha=0.0)``), so two runs of one method stay apart.
-    Keys only one has are the method's own (the method name already says so)."""
+    Between two methods, keys only one has are that method's own (its name already says so);
+    within one method, a key only one has is an option the other checkpoint predates
+    (shown as ``unset``)."""
     sa, sb = a.about.get("settings", {}), b.about.get("settings", {})
-    differ = sorted(k for k in set(sa) & set(sb) if sa[k] != sb[k])
+    keys = set(sa) | set(sb) if a.about.get("method") == b.about.get("method") else set(sa) & set(sb)
+    differ = sorted(k for k in keys if sa.get(k) != sb.get(k))
 
     def label(e: "Evaluated", settings: dict) -> str:
         text = f"{e.about['model']}/{e.about['method']}"
-        shown = [f"{k}={settings[k]}" for k in differ[:MAX_LABEL_KEYS]]
+        shown = [f"{k}={settings.get(k, 'unset')}" for k in differ[:MAX_LABEL_KEYS]]
         if len(differ) > MAX_LABEL_KEYS:
             shown.append(f"+{len(differ) - MAX_LABEL_KEYS} more")
         return f"{text} ({', '.join(shown)})" if shown else text

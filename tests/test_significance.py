@@ -99,3 +99,8 @@ def test_labels_name_the_settings_two_checkpoints_differ_in():
     label = labels_for(a, many)[1]
     assert label.startswith("GRU4Rec/genair (a=1, b=2, c=3, calibration_alpha=0.1") and label.endswith("+2 more)")
     assert labels_for(a, a) == ("GRU4Rec/genair", "GRU4Rec/genair")
+    # one method, an option the older checkpoint predates: named, not hidden
+    old = evaluated("genair", **common)
+    new = evaluated("genair", feature_scaling="standardize", **common)
+    assert labels_for(old, new) == ("GRU4Rec/genair (feature_scaling=unset)",
+                                    "GRU4Rec/genair (feature_scaling='standardize')")
