@@ -24,24 +24,17 @@ import re
 
 import numpy as np
 import torch
+from bench_popularity import nearest_row, nearest_row_cosine
 
 from recbole_genair.archetypes.prompt import read_item_file
 from recbole_genair.data.dataset import FEATURE_FIELDS
 from recbole_genair.data.features import read_feature_file
-from recbole_genair.model.baselines.llmesr import nearest_users
 from recbole_genair.model.layers import standardize_columns
 from recbole_genair.paths import DATASET_DIR
 
 
 def words(text: str) -> set[str]:
     return set(re.findall(r"[a-z0-9]+", text.lower()))
-
-
-def nearest_by_cosine(rows: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """For every row: the cosine to its nearest other row, and that row's index."""
-    x = torch.nn.functional.normalize(rows.float(), dim=1)
-    nearest = nearest_users(x, torch.ones(len(x), dtype=torch.bool), 1)[:, 0]
-    return (x * x[nearest]).sum(1).numpy(), nearest.numpy()
 
 
 def main(argv=None) -> None:
@@ -56,7 +49,7 @@ def main(argv=None) -> None:
     _names, item_rows = read_item_file(folder / f"{args.dataset}.item")
     meta = {row["item_id"]: row for row in item_rows}
     items = [meta[token] for token in tokens]  # by item token
-    best, nearest = nearest_by_cosine(torch.as_tensor(rows))
+    best, nearest = nearest_row(rows)
     twin = best > args.threshold
     title, brand, cats = ([item.get(f, "") for item in items] for f in ("title", "brand", "categories"))
     jaccard = np.array([len(words(title[i]) & words(title[j])) / max(1, len(words(title[i]) | words(title[j])))
@@ -75,8 +68,9 @@ def main(argv=None) -> None:
     for field in FEATURE_FIELDS.values():
         std = columns[field].std(axis=0)
         print(f"| {field} | {len(std)} | {std[0]:.3f} / {std[-1]:.3f} |")
-    scaled_best, _ = nearest_by_cosine(standardize_columns(torch.as_tensor(rows)))
-    print(f"items with a feature twin after feature_scaling: standardize: {np.mean(scaled_best > args.threshold):.1%}")
+    scaled = standardize_columns(torch.as_tensor(rows))
+    print(f"items with a feature twin after feature_scaling: standardize: "
+          f"{np.mean(nearest_row_cosine(scaled) > args.threshold):.1%}")
     print("\nrandom twin pairs (cosine | item | its nearest item):")
     for i in np.random.default_rng(0).choice(np.flatnonzero(twin), min(args.examples, twin.sum()), replace=False):
         print(f"  {best[i]:.3f} | {title[i][:70]} | {title[nearest[i]][:70]}")

@@ -149,11 +149,16 @@ def feature_neighbours(features: torch.Tensor) -> np.ndarray:
     return nearest_users(features.detach().float(), items, NEIGHBOURS).numpy()
 
 
-def nearest_row_cosine(rows: np.ndarray) -> np.ndarray:
-    """Each row's largest cosine with any other row."""
+def nearest_row(rows) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's nearest other row by cosine: (that cosine, that row's index)."""
     x = torch.nn.functional.normalize(torch.as_tensor(rows, dtype=torch.float32), dim=1)
     nearest = nearest_users(x, torch.ones(len(x), dtype=torch.bool), 1)[:, 0]
-    return (x * x[nearest]).sum(1).numpy()
+    return (x * x[nearest]).sum(1).numpy(), nearest.numpy()
+
+
+def nearest_row_cosine(rows: np.ndarray) -> np.ndarray:
+    """Each row's largest cosine with any other row."""
+    return nearest_row(rows)[0]
 
 
 def ranking_row(ranked: tuple, head: np.ndarray) -> dict:
