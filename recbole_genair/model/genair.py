@@ -50,34 +50,33 @@ class GenAIRMixin(FeatureModelMixin):
                                                variant=str(config["calibration_variant"]))
 
     @staticmethod
-    def scale_features(features: torch.Tensor, config) -> torch.Tensor:
+    def config_choice(config, key: str, choices):
+        """``config[key]`` (the first choice when unset), refused unless one of ``choices``."""
+        name = str(config[key] or next(iter(choices)))
+        if name not in choices:
+            raise ValueError(f"{key} must be one of {', '.join(choices)}; got {name!r}")
+        return name
+
+    @classmethod
+    def scale_features(cls, features: torch.Tensor, config) -> torch.Tensor:
         """``feature_scaling``: ``none`` (the paper) or ``standardize`` — every column centred
         and divided by its standard deviation over the items (row 0, padding, stays zero);
         on PCA features that is whitening: each component gets unit variance, so the
         low-variance components that tell similar items apart are as loud as the first ones."""
-        name = str(config["feature_scaling"] or "none")
-        if name not in ("none", "standardize"):
-            raise ValueError(f"feature_scaling must be one of none, standardize; got {name!r}")
-        if name == "none":
+        if cls.config_choice(config, "feature_scaling", ("none", "standardize")) == "none":
             return features
         scaled = torch.zeros_like(features)
         scaled[1:] = standardize_columns(features[1:])
         return scaled
 
-    @staticmethod
-    def unit_item_rows(config) -> bool:
-        norm = str(config["item_table_norm"] or "none")
-        if norm not in ("none", "l2"):
-            raise ValueError(f"item_table_norm must be one of none, l2; got {norm!r}")
-        return norm == "l2"
+    @classmethod
+    def unit_item_rows(cls, config) -> bool:
+        return cls.config_choice(config, "item_table_norm", ("none", "l2")) == "l2"
 
-    @staticmethod
-    def projector_dtype(config):
-        name = str(config["projector_dtype"] or "float32")
+    @classmethod
+    def projector_dtype(cls, config):
         dtypes = {"float32": None, "bfloat16": torch.bfloat16}
-        if name not in dtypes:
-            raise ValueError(f"projector_dtype must be one of {', '.join(dtypes)}; got {name!r}")
-        return dtypes[name]
+        return dtypes[cls.config_choice(config, "projector_dtype", dtypes)]
 
     def auxiliary_loss(self, interaction):
         """``α·L_cal`` on the batch's distinct target items (inside the training step's table)."""
