@@ -49,14 +49,6 @@ class GenAIRMixin(FeatureModelMixin):
             self.calibration = CalibrationLoss(weights, t=float(config["calibration_t"]),
                                                variant=str(config["calibration_variant"]))
 
-    @staticmethod
-    def config_choice(config, key: str, choices):
-        """``config[key]`` (the first choice when unset), refused unless one of ``choices``."""
-        name = str(config[key] or next(iter(choices)))
-        if name not in choices:
-            raise ValueError(f"{key} must be one of {', '.join(choices)}; got {name!r}")
-        return name
-
     @classmethod
     def scale_features(cls, features: torch.Tensor, config) -> torch.Tensor:
         """``feature_scaling``: ``none`` (the paper) or ``standardize`` — every column centred

@@ -31,6 +31,14 @@ class FeatureModelMixin:
     method = ""
     dataset_class = ArchetypeDataset
 
+    @staticmethod
+    def config_choice(config, key: str, choices):
+        """``config[key]`` (the first choice when unset), refused unless one of ``choices``."""
+        name = str(config[key] or next(iter(choices)))
+        if name not in choices:
+            raise ValueError(f"{key} must be one of {', '.join(choices)}; got {name!r}")
+        return name
+
     def llm_features(self, config, dataset) -> torch.Tensor:
         """``[n_items, d]`` LLM item embeddings (``genair_features``, concatenated), row 0 zero."""
         names = list(config["genair_features"] or [])

@@ -213,10 +213,7 @@ class LLMESRMixin(BaselineMixin):
         self.item_embedding = DualViewEmbedding(collaborative, adapted_llm_table(features, collaborative),
                                                 bool(config["llmesr_cross_attention"]), int(config["llmesr_heads"]))
         self.distill_weight = float(config["llmesr_alpha"] or 0.0)
-        distill_on = config["llmesr_distill_on"]
-        if distill_on not in DISTILL_ON:
-            raise ValueError(f"llmesr_distill_on must be one of {', '.join(DISTILL_ON)}, not {distill_on!r}")
-        self.distill_latest_only = distill_on == "latest"
+        self.distill_latest_only = self.config_choice(config, "llmesr_distill_on", DISTILL_ON) == "latest"
         seqs, lens = training_histories(dataset, self.ITEM_SEQ, self.ITEM_SEQ_LEN)
         self.register_buffer("history", seqs, persistent=False)
         self.register_buffer("history_len", lens, persistent=False)
