@@ -131,8 +131,9 @@ def test_interrupted_sweep_continues_its_trial_to_the_uninterrupted_numbers(fast
     # Wait until the driver has *registered* a checkpoint, not merely until the worker wrote
     # one: between the two, a Ctrl-C leaves the trial without a checkpoint in the sweep's
     # state and it restarts from scratch (seen on a loaded machine).  With num_to_keep=1 the
-    # driver deletes epoch 1's checkpoint when it registers epoch 2's.
-    while not (list(out.glob("trial_*/checkpoint_000001/progress.pth"))
+    # driver deletes epoch 1's checkpoint when it registers epoch 2's.  Any later checkpoint
+    # also counts, so a poll that misses epoch 2's does not wait out the deadline.
+    while not (list(out.glob("trial_*/checkpoint_*/progress.pth"))
                and not list(out.glob("trial_*/checkpoint_000000"))):
         assert driver.poll() is None, driver.stdout.read()
         assert time.monotonic() < deadline, "no registered trial checkpoint within 300 s"
