@@ -2,6 +2,8 @@
 
     python run_recbole_genair.py --model=SASRec --dataset=ml-100k [--method=genair]
                                  [--config_files="a.yaml b.yaml"] [--key=value ...]
+    python run_recbole_genair.py --model=SASRec --dataset=Amazon_Beauty --nproc=4
+                                 [--world_size=N --ip=HOST --port=PORT --group_offset=N]
     python run_recbole_genair.py --tune --model=SASRec --dataset=ml-100k [--method=genair]
                                  [--search_space=FILE.yaml] [--num_samples=N]
                                  [--max_concurrent=N] [--ray_address=ADDR] [--out=DIR]
@@ -26,6 +28,13 @@ def parse(argv=None):
                         help=f"item representation: {', '.join(methods())}; "
                              f"paper Table 3 ablations: {', '.join(ABLATIONS)}")
     parser.add_argument("--config_files", default=None, help="space-separated YAML files")
+    parser.add_argument("--nproc", type=int, default=1,
+                        help="training processes on this machine, as RecBole's run_recbole.py: one per GPU "
+                             "(NCCL), or CPU processes (gloo) when CUDA is absent")
+    parser.add_argument("--world_size", type=int, default=-1, help="processes on all machines (default: nproc)")
+    parser.add_argument("--ip", default="localhost", help="address of the machine running process 0")
+    parser.add_argument("--port", default="5678", help="free port on that machine")
+    parser.add_argument("--group_offset", type=int, default=0, help="global rank of this machine's first process")
     parser.add_argument("--tune", action="store_true", help="Ray Tune hyperparameter search")
     parser.add_argument("--search_space", default=None, help="YAML search space (default: properties/tune/<method>.yaml)")
     parser.add_argument("--num_samples", type=int, default=None,
@@ -53,6 +62,11 @@ def main(argv=None) -> int:
     if tune_only and not args.tune:
         print(f"error: {', '.join(tune_only)} only work with --tune", file=sys.stderr)
         return 2
+    distributed = args.nproc != 1 or args.world_size > 0
+    if distributed and args.tune:
+        print("error: --nproc/--world_size train one run on several processes; a --tune sweep runs its "
+              "trials through Ray (--ray_address, --max_concurrent)", file=sys.stderr)
+        return 2
     files = args.config_files.split() if args.config_files else None
     try:
         if args.tune:
@@ -64,7 +78,8 @@ def main(argv=None) -> int:
         else:
             from recbole_genair.quick_start import run
             run(model=args.model, dataset=args.dataset, method=args.method, config_file_list=files,
-                config_dict=overrides)
+                config_dict=overrides, nproc=args.nproc, world_size=args.world_size, ip=args.ip,
+                port=args.port, group_offset=args.group_offset)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -32,10 +32,12 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+import torch
 from recbole.config import Config as RecBoleConfig
 from recbole.utils import ModelType
 from recbole.model.abstract_recommender import AbstractRecommender
 
+from recbole_genair.distributed import init_cpu_group
 from recbole_genair.paths import DATASET_DIR, PROPERTIES_DIR
 from recbole_genair.registry import get_model, split_model_name
 
@@ -124,6 +126,19 @@ class Config(RecBoleConfig):
                 self.parameters["Dataset"] += [k for k in config_dict if k not in self.parameters["Dataset"]]
         backbone, method = split_model_name(model_class)
         self.internal_config_dict.update({"backbone": backbone, "method": method})
+
+    def _init_device(self):
+        """RecBole's device set-up; a distributed run without CUDA joins a gloo group on CPU
+        (RecBole's own distributed path is NCCL on GPUs only; see ``distributed``)."""
+        final = self.final_config_dict
+        if "local_rank" in final:
+            gpu_id = final["gpu_id"]
+            final["gpu_id"] = ",".join(map(str, gpu_id)) if isinstance(gpu_id, tuple) else str(gpu_id)
+            os.environ["CUDA_VISIBLE_DEVICES"] = final["gpu_id"]  # as RecBole, before CUDA is queried
+            if not (final["use_gpu"] and torch.cuda.is_available()):
+                init_cpu_group(final)
+                return
+        super()._init_device()
 
     def _set_default_parameters(self):
         super()._set_default_parameters()

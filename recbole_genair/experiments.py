@@ -57,6 +57,7 @@ from typing import Optional, Sequence
 
 from recbole_genair.config import command_line_overrides
 from recbole_genair.data.dataset import default_feature_file
+from recbole_genair.distributed import LAUNCH_KEYS
 from recbole_genair.quick_start import build_config, run
 from recbole_genair.registry import ABLATIONS, BACKBONES, UsageError, methods as registered_methods
 from recbole_genair.registry import all_methods, model_class
@@ -631,6 +632,10 @@ def parse(argv=None) -> tuple[argparse.Namespace, dict]:
     if wrong:  # run_recbole_genair.py's spelling: it would be ignored and the whole default grid run
         parser.error(", ".join(f"--{key}= is not an option here; use {singular[key]} (comma-separated)"
                                for key in wrong))
+    launch = [key for key in LAUNCH_KEYS if key in overrides]
+    if launch:  # every cell would fail on it (distributed.check_launch); say so once, before any runs
+        parser.error(f"{', '.join('--' + k for k in launch)}: the runner trains each cell in one process; "
+                     f"train one run on several with `python run_recbole_genair.py --nproc=N ...`")
     return args, overrides
 
 

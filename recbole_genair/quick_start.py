@@ -7,6 +7,7 @@ models run under exactly the same protocol.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from logging import getLogger
 from pathlib import Path
 from typing import Callable, Optional
@@ -19,8 +20,9 @@ from recbole.utils import get_environment, init_seed, set_color
 from recbole_genair.compat import init_logger, load_checkpoint, quiet_recbole_deprecations
 from recbole_genair.config import Config
 from recbole_genair.data.converters import KNOWN_DATASETS
+from recbole_genair.distributed import as_single_process, check_launch, finish, spawn
 from recbole_genair.paths import DATASET_DIR
-from recbole_genair.registry import UnknownChoiceError, method_settings, model_class
+from recbole_genair.registry import UnknownChoiceError, UsageError, method_settings, model_class
 from recbole_genair.trainer import GenAIRTrainer, fixed_negatives
 
 
@@ -56,6 +58,7 @@ def build_config(model: str = "SASRec", dataset: str = "ml-100k", method: str = 
     config = Config(model=klass, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
     method_settings(method, config.file_config_dict)  # nor in a YAML file (config_dict outranks files)
     check_dataset(config)
+    check_launch(config)
     return config
 
 
@@ -81,13 +84,29 @@ def make_trainer(config, model, dataset) -> GenAIRTrainer:
 
 
 def run(model: str = "SASRec", dataset: str = "ml-100k", method: str = "base", config_file_list=None,
-        config_dict=None, saved: bool = True, callback: Optional[Callable] = None) -> dict:
+        config_dict=None, saved: bool = True, callback: Optional[Callable] = None, nproc: int = 1,
+        world_size: int = -1, ip: str = "localhost", port: str = "5678", group_offset: int = 0) -> dict:
     """Train with early stopping on valid NDCG@10, then evaluate the best model on test.
 
     Returns RecBole's results plus ``epochs_run``, ``best_epoch`` (0-based), ``valid_curve``
-    (the valid score of each validation) and ``median_epoch_seconds``.
+    (the valid score of each validation) and ``median_epoch_seconds``.  ``nproc > 1`` (or
+    ``world_size > 0``) trains on that many processes of this machine, as RecBole's ``run``
+    (one per GPU; on CPUs when CUDA is absent): see :mod:`recbole_genair.distributed`.
     """
+    if nproc > 1 or world_size > 0:
+        if callback is not None:
+            raise UsageError("run(callback=...) needs one process (the callback cannot reach spawned ones)")
+        build_config(model, dataset, method, config_file_list, config_dict)  # usage errors here, not in N copies
+        return spawn(partial(run, saved=saved), (model, dataset, method, config_file_list), nproc=nproc,
+                     world_size=world_size, ip=ip, port=port, group_offset=group_offset, config_dict=config_dict)
     config = build_config(model, dataset, method, config_file_list, config_dict)
+    try:
+        return _run(config, model, method, dataset, saved, callback)
+    finally:
+        finish(config)
+
+
+def _run(config, model: str, method: str, dataset: str, saved: bool, callback: Optional[Callable]) -> dict:
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
@@ -116,6 +135,7 @@ def load_data_and_model(model_file: str):
     """RecBole's ``load_data_and_model`` for this package's checkpoints (torch>=2.6 safe)."""
     checkpoint = load_checkpoint(model_file)
     config = checkpoint["config"]
+    as_single_process(config)  # a checkpoint of a multi-process run loads into this one
     config.compatibility_settings()  # numpy aliases RecBole's metrics use (np.float): set when a
     #                                  Config is built, not when one is unpickled (see compat)
     init_seed(config["seed"], config["reproducibility"])

@@ -36,6 +36,7 @@ from recbole.trainer import Trainer
 
 from recbole_genair.compat import load_checkpoint, shared_dir, trusted_checkpoints
 from recbole_genair.data.dataset import interaction_columns
+from recbole_genair.distributed import agree, is_distributed, rank_file, set_up_trainer
 
 
 def fixed_negatives(dataset, n_neg: int, seed: int) -> torch.Tensor:
@@ -89,12 +90,20 @@ class GenAIRTrainer(Trainer):
 
     def __init__(self, config, model):
         shared_dir(config["checkpoint_dir"])  # before RecBole's check-then-create (compat notes)
-        super().__init__(config, model)
+        distributed = is_distributed(config)
+        if distributed and config["device"].type == "cpu":
+            config["single_spec"] = True  # RecBole's AbstractTrainer wraps for one CUDA device only:
+        try:                              # set_up_trainer wraps for CPU processes below
+            super().__init__(config, model)
+        finally:
+            config["single_spec"] = not distributed
         if config["progress_file"]:
             self.saved_model_file = str(best_checkpoint_path(self.checkpoint_dir, config["progress_file"]))
         else:  # RecBole's "<model>-<start time>.pth" + the process id: runs started in one second differ
             stem = Path(self.saved_model_file).stem
             self.saved_model_file = str(Path(self.saved_model_file).with_name(f"{stem}-{os.getpid()}.pth"))
+        if distributed:  # one best checkpoint (process 0's name), exact gathered metrics
+            set_up_trainer(self, config)
         self.eval_negatives: Optional[torch.Tensor] = None
         self.epoch_seconds: list[float] = []           # wall time of each training epoch
         self.valid_curve: list[tuple[int, float]] = []  # (epoch, valid score) of each validation
@@ -131,8 +140,11 @@ class GenAIRTrainer(Trainer):
         progress = self.config["progress_file"]
         if not progress:
             return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
-        progress = Path(progress)
-        if progress.is_file() and self._resume_progress(progress, train_data, need_best_file=saved):
+        progress = rank_file(Path(progress), self.config)  # one file per process when distributed
+        resumable = progress.is_file()
+        if is_distributed(self.config):
+            agree(resumable, f"whether to resume (a progress file {progress} and its .rank<N> copies)")
+        if resumable and self._resume_progress(progress, train_data, need_best_file=saved):
             return self.best_valid_score, self.best_valid_result
 
         def after_validation(epoch_idx, valid_score):
@@ -164,6 +176,9 @@ class GenAIRTrainer(Trainer):
                 and not Path(state["saved_model_file"]).is_file()):
             raise FileNotFoundError(f"{path}: its best checkpoint {state['saved_model_file']} is gone; "
                                     f"delete {path} to train from scratch")
+        if is_distributed(self.config):
+            agree(state["epoch"], f"the last saved epoch of their progress files ({path} and its .rank<N> "
+                                  f"copies: a process was stopped between two saves; delete them to restart)")
         self.model.load_state_dict(state["state_dict"])
         self.model.load_other_parameter(state["other_parameter"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -193,8 +208,15 @@ class GenAIRTrainer(Trainer):
 
     @torch.no_grad()
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if is_distributed(self.config):
+            torch.distributed.barrier()  # process 0 has written the best checkpoint
+            self.eval_collector.n_rows = eval_data.sample_size
         with trusted_checkpoints():
             return super().evaluate(eval_data, load_best_model, model_file, show_progress)
+
+    def _map_reduce(self, result, num_sample):
+        """Distributed: ``result`` already covers every process's users (``GatheringCollector``)."""
+        return result
 
     @torch.no_grad()
     def user_ranks(self, eval_data, top_k: int = 0) -> tuple[np.ndarray, ...]:
