@@ -54,6 +54,15 @@ def check_launch(config) -> None:
                          f"(or recbole_genair.quick_start.run(..., nproc={nproc}))")
 
 
+def check_gpus(config, nproc: int) -> None:
+    """With CUDA, RecBole gives process ``r`` the ``r``-th id of ``gpu_id``: one per process."""
+    if config["use_gpu"] and torch.cuda.is_available():
+        ids = [g for g in str(config["gpu_id"]).split(",") if g.strip()]
+        if len(ids) < nproc:
+            raise UsageError(f"--nproc={nproc} runs one process per GPU, but gpu_id lists {len(ids)} "
+                             f"({config['gpu_id']!r}); pass e.g. --gpu_id={','.join(map(str, range(nproc)))}")
+
+
 def spawn(target, args: tuple, nproc: int, world_size: int = -1, ip: str = "localhost", port: str = "5678",
           group_offset: int = 0, config_dict: Optional[dict] = None):
     """Run ``target(config_dict=..., *args)`` in ``nproc`` processes; process 0's return value.

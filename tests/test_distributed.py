@@ -45,11 +45,15 @@ def test_two_processes_train_one_model_and_evaluate_exactly_as_one_process(fast_
     assert again["test_result"] == result["test_result"] and again["epochs_run"] == 2
 
 
-def test_launch_mistakes_are_one_line_errors_before_any_process_starts(fast_config, capsys):
+def test_launch_mistakes_are_one_line_errors_before_any_process_starts(fast_config, capsys, monkeypatch):
     with pytest.raises(UsageError, match="--nproc=2"):  # a setting alone would train one process
         run("SASRec", "ml-100k", "genair", config_dict=dict(fast_config, nproc=2))
     with pytest.raises(UnknownChoiceError, match="no-such-data"):  # checked once, in the parent
         run("SASRec", "no-such-data", "genair", config_dict=fast_config, nproc=2)
+    with monkeypatch.context() as cuda:  # one GPU id for two processes: RecBole would fail on a bare assert
+        cuda.setattr(torch.cuda, "is_available", lambda: True)
+        with pytest.raises(UsageError, match="--gpu_id=0,1"):
+            run("SASRec", "ml-100k", "genair", config_dict=dict(fast_config, gpu_id="0"), nproc=2)
     assert cli(["--tune", "--nproc=2", "--model=SASRec", "--dataset=ml-100k"]) == 2
     assert "--nproc" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # the Table-2 runner trains each cell in one process
