@@ -91,9 +91,8 @@ class GenAIRTrainer(Trainer):
     def __init__(self, config, model):
         shared_dir(config["checkpoint_dir"])  # before RecBole's check-then-create (compat notes)
         distributed = is_distributed(config)
-        if distributed and config["device"].type == "cpu":
-            config["single_spec"] = True  # RecBole's AbstractTrainer wraps for one CUDA device only:
-        try:                              # set_up_trainer wraps for CPU processes below
+        config["single_spec"] = True  # RecBole's AbstractTrainer would wrap the model (CUDA only,
+        try:                          # every buffer re-sent each step): set_up_trainer does, below
             super().__init__(config, model)
         finally:
             config["single_spec"] = not distributed
