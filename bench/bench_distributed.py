@@ -22,18 +22,12 @@ Run from the project root on an otherwise idle machine::
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 import tempfile
 import time
 
+from recbole_genair.distributed import free_port
 from recbole_genair.quick_start import run
-
-
-def free_port() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return str(probe.getsockname()[1])
 
 
 def main() -> None:

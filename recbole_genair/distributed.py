@@ -31,6 +31,7 @@ must be shared by all processes (it is, on one machine).
 """
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Optional
 
@@ -46,6 +47,13 @@ LAUNCH_KEYS = ("nproc", "world_size", "ip", "port", "offset")
 
 def is_distributed(config) -> bool:
     return not config["single_spec"]
+
+
+def free_port(host: str = "127.0.0.1") -> str:
+    """A port on ``host`` free at the moment of asking (for a one-machine group)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return str(probe.getsockname()[1])
 
 
 def check_launch(config) -> None:

@@ -1,22 +1,15 @@
 """Training on several processes (RecBole's multi-GPU path; gloo CPU processes here)."""
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 
 from recbole_genair.compat import load_checkpoint
+from recbole_genair.distributed import free_port
 from recbole_genair.experiments import parse as parse_experiments
 from recbole_genair.quick_start import load_data_and_model, make_trainer, run
 from recbole_genair.registry import UnknownChoiceError, UsageError
 from run_recbole_genair import main as cli
-
-
-def free_port() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return str(probe.getsockname()[1])
 
 
 def test_two_processes_train_one_model_and_evaluate_exactly_as_one_process(fast_config, tmp_path):
