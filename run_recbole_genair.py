@@ -62,8 +62,8 @@ def main(argv=None) -> int:
     if tune_only and not args.tune:
         print(f"error: {', '.join(tune_only)} only work with --tune", file=sys.stderr)
         return 2
-    distributed = args.nproc != 1 or args.world_size > 0
-    if distributed and args.tune:
+    from recbole_genair.distributed import launches_processes
+    if args.tune and launches_processes(args.nproc, args.world_size):
         print("error: --nproc/--world_size train one run on several processes; a --tune sweep runs its "
               "trials through Ray (--ray_address, --max_concurrent)", file=sys.stderr)
         return 2

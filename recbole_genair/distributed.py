@@ -49,6 +49,12 @@ def is_distributed(config) -> bool:
     return not config["single_spec"]
 
 
+def launches_processes(nproc: int, world_size: int) -> bool:
+    """Whether ``run``'s launch arguments ask for spawned processes (``nproc < 1`` too, so that
+    :func:`spawn` rejects it instead of one process running)."""
+    return nproc != 1 or world_size > 0
+
+
 def free_port(host: str = "127.0.0.1") -> str:
     """A port on ``host`` free at the moment of asking (for a one-machine group)."""
     with socket.socket() as probe:

@@ -20,7 +20,8 @@ from recbole.utils import get_environment, init_seed, set_color
 from recbole_genair.compat import init_logger, load_checkpoint, quiet_recbole_deprecations
 from recbole_genair.config import Config
 from recbole_genair.data.converters import KNOWN_DATASETS
-from recbole_genair.distributed import as_single_process, check_gpus, check_launch, finish, spawn
+from recbole_genair.distributed import (as_single_process, check_gpus, check_launch, finish,
+                                        launches_processes, spawn)
 from recbole_genair.paths import DATASET_DIR
 from recbole_genair.registry import UnknownChoiceError, UsageError, method_settings, model_class
 from recbole_genair.trainer import GenAIRTrainer, fixed_negatives
@@ -93,7 +94,7 @@ def run(model: str = "SASRec", dataset: str = "ml-100k", method: str = "base", c
     ``world_size > 0``) trains on that many processes of this machine, as RecBole's ``run``
     (one per GPU; on CPUs when CUDA is absent): see :mod:`recbole_genair.distributed`.
     """
-    if nproc > 1 or world_size > 0:
+    if launches_processes(nproc, world_size):
         if callback is not None:
             raise UsageError("run(callback=...) needs one process (the callback cannot reach spawned ones)")
         check_gpus(build_config(model, dataset, method, config_file_list, config_dict), nproc)  # usage errors

@@ -41,6 +41,8 @@ def test_two_processes_train_one_model_and_evaluate_exactly_as_one_process(fast_
 def test_launch_mistakes_are_one_line_errors_before_any_process_starts(fast_config, capsys, monkeypatch):
     with pytest.raises(UsageError, match="--nproc=2"):  # a setting alone would train one process
         run("SASRec", "ml-100k", "genair", config_dict=dict(fast_config, nproc=2))
+    with pytest.raises(UsageError, match="nproc must be >= 1"):  # not a silent single-process run
+        run("SASRec", "ml-100k", "genair", config_dict=fast_config, nproc=0)
     with pytest.raises(UnknownChoiceError, match="no-such-data"):  # checked once, in the parent
         run("SASRec", "no-such-data", "genair", config_dict=fast_config, nproc=2)
     with monkeypatch.context() as cuda:  # one GPU id for two processes: RecBole would fail on a bare assert
