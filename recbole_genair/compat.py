@@ -31,6 +31,17 @@ setuptools<81, pyarrow<20) so RecBole itself runs unmodified; what remains is:
   here with ``FileExistsError: './log/GRU4Rec'``.  :func:`shared_dir` creates a directory
   with ``exist_ok`` before RecBole looks: :func:`init_logger` for the log directory,
   ``GenAIRTrainer`` for the checkpoint directory.
+* **Autograd anomaly detection switched on at import**: RecBole 1.2.1's
+  ``recbole/model/sequential_recommender/sine.py`` calls
+  ``torch.autograd.set_detect_anomaly(True)`` at module level, so importing any of RecBole's
+  sequential models (the package's ``__init__`` imports SINE) turns it on for the whole
+  process.  Every autograd node then records a Python stack trace in the forward pass and
+  every backward output is checked for NaN: a training step of every model here, base
+  RecBole's included, ran 1.6-2.1x slower for it (``bench/bench_anomaly_mode.py``).  It
+  changes no number.  This module imports RecBole's sequential models once and puts the
+  switch back where it was before that import (off unless the caller had turned it on; if
+  something imported them before this package, RecBole's "on" is undone).  To debug a NaN,
+  call ``torch.autograd.set_detect_anomaly(True)`` after importing this package.
 """
 from __future__ import annotations
 
@@ -38,6 +49,7 @@ import contextlib
 import importlib
 import importlib.util
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -46,6 +58,17 @@ import torch
 
 RECBOLE_MODEL_SUBMODULES = ("sequential_recommender", "general_recommender",
                             "context_aware_recommender", "knowledge_aware_recommender")
+RECBOLE_ANOMALY_MODULE = "recbole.model.sequential_recommender.sine"
+
+
+def import_recbole_sequential_models() -> None:
+    """Import RecBole's sequential models without keeping SINE's process-wide anomaly switch."""
+    before = torch.is_anomaly_enabled() if RECBOLE_ANOMALY_MODULE not in sys.modules else False
+    importlib.import_module("recbole.model.sequential_recommender")
+    torch.autograd.set_detect_anomaly(before)
+
+
+import_recbole_sequential_models()
 
 
 def load_checkpoint(path, map_location: Optional[str | torch.device] = "cpu") -> dict:

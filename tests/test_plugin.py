@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -206,6 +207,32 @@ def test_each_backbone_beats_random_ranker(backbone, fast_config):
     # random ranking among 101 candidates: HR@10 ~ 0.099, NDCG@10 ~ 0.045
     assert result["best_valid_result"]["ndcg@10"] > 0.12, result
     assert result["test_result"]["hit@10"] > 0.25, result
+
+
+def _anomaly_flag_after(code: str) -> str:
+    """``torch.is_anomaly_enabled()`` in a fresh interpreter after ``code``."""
+    probe = f"import torch; {code}; print(torch.is_anomaly_enabled())"
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()[-1]
+
+
+def test_training_runs_without_recboles_import_time_anomaly_detection(fast_config, monkeypatch):
+    # RecBole 1.2.1's SINE module switches autograd anomaly detection on for the process ...
+    assert _anomaly_flag_after("import recbole.model.sequential_recommender") == "True"
+    # ... this package's entry points switch it back, whichever was imported first ...
+    assert _anomaly_flag_after("import recbole_genair.quick_start") == "False"
+    assert _anomaly_flag_after("import recbole.model.sequential_recommender; import recbole_genair.model") == "False"
+    # ... and keep a caller's own choice made before importing it
+    assert _anomaly_flag_after("torch.autograd.set_detect_anomaly(True); import recbole_genair.model") == "True"
+    seen = []
+    original = GRU4Rec.calculate_loss
+
+    def recording(self, interaction):
+        seen.append(torch.is_anomaly_enabled())
+        return original(self, interaction)
+
+    monkeypatch.setattr(GRU4Rec, "calculate_loss", recording)
+    run("GRU4Rec", "ml-100k", "base", config_dict=dict(fast_config, epochs=1))
+    assert seen and not any(seen)
 
 
 @pytest.mark.parametrize("backbone", ["GRU4Rec", "BERT4Rec"])
