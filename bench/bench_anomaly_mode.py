@@ -28,7 +28,7 @@ import warnings
 
 import torch
 
-from bench_model_cost import BACKBONES, build, med, timed_rounds, train_step
+from bench_model_cost import BACKBONES, build, first_batches, med, timed_rounds, train_step
 
 
 def gradients(model, batch, anomaly: bool, seed: int = 0) -> tuple[float, list]:
@@ -51,15 +51,11 @@ def difference(a: tuple, b: tuple) -> float:
 
 
 def bench(backbone: str, method: str, args) -> dict:
-    config, _, train, _, model = build(backbone, args.dataset, method,
-                                       {"MAX_ITEM_LIST_LENGTH": args.max_len, "show_progress": False,
-                                        "state": "ERROR", "train_batch_size": args.batch_size})
+    _, _, train, _, model = build(backbone, args.dataset, method,
+                                  {"MAX_ITEM_LIST_LENGTH": args.max_len, "show_progress": False,
+                                   "state": "ERROR", "train_batch_size": args.batch_size})
     logging.disable(logging.CRITICAL)
-    batches = []
-    for batch in train:
-        batches.append(batch)
-        if len(batches) >= args.warmup + args.steps:
-            break
+    batches = first_batches(train, args.warmup + args.steps)
     model.train()
     off = gradients(model, batches[0], False)
     on = gradients(model, batches[0], True)

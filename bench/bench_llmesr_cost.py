@@ -29,7 +29,7 @@ import warnings
 
 import torch
 
-from bench_model_cost import build, timed_rounds, train_step
+from bench_model_cost import build, first_batches, timed_rounds, train_step
 
 
 def bench_backbone(backbone: str, args, extra: dict) -> dict:
@@ -46,11 +46,7 @@ def bench_backbone(backbone: str, args, extra: dict) -> dict:
             loader = train
     assert all(t == tokens["base"] for t in tokens.values()), "item id maps differ"
     need = args.warmup + args.steps
-    batches = []
-    for batch in loader:
-        batches.append(batch)
-        if len(batches) >= need:
-            break
+    batches = first_batches(loader, need)
     latest = models["llmesr latest"]
     share = sum(len(latest.latest_inputs(b)) for b in batches) / sum(len(b) for b in batches)
     opts = {k: torch.optim.Adam(m.parameters(), lr=1e-3) for k, m in models.items()}

@@ -113,6 +113,16 @@ def med(xs: List[float]) -> float:
     return statistics.median(xs)
 
 
+def first_batches(loader, n: int) -> list:
+    """The loader's first ``n`` batches (fewer if an epoch has fewer)."""
+    batches = []
+    for batch in loader:
+        batches.append(batch)
+        if len(batches) >= n:
+            break
+    return batches
+
+
 def timed_rounds(step: Callable[[str, object], float], names: List[str], batches: list,
                  rounds: int) -> Dict[str, List[float]]:
     """``step(name, batch)`` for every variant on the same batches, interleaved against drift.
@@ -151,11 +161,8 @@ def bench_backbone(backbone: str, args, extra: dict, genair_extra: dict) -> dict
 
     n_batches = len(train_b)
     need = args.warmup + args.steps
-    batches, t_load = [], time.perf_counter()
-    for batch in train_b:
-        batches.append(batch)
-        if len(batches) >= need:
-            break
+    t_load = time.perf_counter()
+    batches = first_batches(train_b, need)
     load_per_batch = (time.perf_counter() - t_load) / len(batches)
 
     models = {"base": base, "genair": genair, "genair α=0": nocal}
