@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import logging
 import statistics
 import tempfile
@@ -115,12 +116,7 @@ def med(xs: List[float]) -> float:
 
 def first_batches(loader, n: int) -> list:
     """The loader's first ``n`` batches (fewer if an epoch has fewer)."""
-    batches = []
-    for batch in loader:
-        batches.append(batch)
-        if len(batches) >= n:
-            break
-    return batches
+    return list(itertools.islice(loader, n))
 
 
 def timed_rounds(step: Callable[[str, object], float], names: List[str], batches: list,
