@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 import torch
 
 from recbole_genair.quick_start import load_data_and_model, make_trainer

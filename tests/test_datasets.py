@@ -236,7 +236,7 @@ def test_fashion_malformed_review_line_and_no_leftovers(tmp_path):
     write_lines(raw / "AMAZON_FASHION.json.gz", lines)
     with pytest.raises(DatasetFormatError) as err:
         convert("Amazon_Fashion", raw, out)
-    assert f"AMAZON_FASHION.json.gz:7:" in str(err.value)
+    assert "AMAZON_FASHION.json.gz:7:" in str(err.value)
     assert "malformed JSON" in str(err.value)
     assert_nothing_left(out)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from recbole.model.sequential_recommender import BERT4Rec, GRU4Rec, SASRec
+from recbole.model.sequential_recommender import GRU4Rec, SASRec
 
 from recbole_genair.config import Config
 from recbole_genair.data.dataset import interaction_columns

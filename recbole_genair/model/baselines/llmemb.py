@@ -37,7 +37,6 @@ BERT4Rec's mask token is a trainable row (reference: ``mask_embedding``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
