@@ -194,6 +194,40 @@ def fashion2018_fixture(raw: Path) -> None:
     write_lines(raw / "meta_AMAZON_FASHION.json.gz", [json.dumps(m) for m in meta])
 
 
+def test_a_raw_fashion_build_has_archetype_prompts_and_the_shared_split_says_why_it_has_none(
+        tmp_path, capsys):
+    import run_recbole_genair
+    from recbole_genair.archetypes.pipeline import prompt_spec_for
+    from recbole_genair.archetypes.prompt import build_prompt, how_to_make_features, read_item_file
+
+    fashion2018_fixture(tmp_path / "raw")
+    convert("Amazon_Fashion", tmp_path / "raw", tmp_path / "out")
+    item = tmp_path / "out" / "Amazon_Fashion" / "Amazon_Fashion.item"
+    spec = prompt_spec_for("Amazon_Fashion")  # properties/dataset/Amazon_Fashion.yaml
+    names, rows = read_item_file(item)
+    prompts = {row["item_id"]: build_prompt(row, spec) for row in rows}
+    assert "The item name is Red Dress. The item brand is Brandy." in prompts["A"]
+    assert "The item brand" not in prompts["C"]  # an empty value is left out
+    assert how_to_make_features("Amazon_Fashion", spec.fields, item) == (
+        "make them with `python -m recbole_genair.archetypes --dataset=Amazon_Fashion`")
+
+    # the shared LLM-ESR split: ids only. The runner stops with one line saying why and what runs
+    item.write_text("item_id:token\n" + "".join(f"{row['item_id']}\n" for row in rows))
+    assert "has no item text: its fields are ['item_id']" in how_to_make_features(
+        "Amazon_Fashion", spec.fields, item)
+    assert run_recbole_genair.main(["--model=SASRec", "--dataset=Amazon_Fashion",
+                                    f"--data_path={tmp_path / 'out'}", "--show_progress=False",
+                                    f"--checkpoint_dir={tmp_path / 'saved'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+    assert "Amazon_Fashion.archetype: archetype features not found" in err[0]
+    assert "has no item text" in err[0] and "--raw-dir=DIR --force" in err[0]
+    assert "`--method=base` runs without them" in err[0]
+    # and a data set whose YAML declares no prompt fields says so
+    assert how_to_make_features("Mine", None, item).startswith(
+        "none can be made until properties/dataset/Mine.yaml declares `archetype_fields`")
+
+
 def test_llmesr_filter_single_pass_hand_computed(tmp_path):
     raw, out = tmp_path / "raw", tmp_path / "out"
     fashion2018_fixture(raw)

@@ -100,6 +100,28 @@ def read_item_file(path: Path) -> tuple[list[str], list[dict]]:
 def check_fields(spec: PromptSpec, names: List[str], path: Path) -> None:
     """Fail early when the YAML names a field the ``.item`` file does not have."""
     unknown = [f for f in spec.fields if f not in names]
+    if unknown and len(unknown) == len(spec.fields):
+        raise ItemFileError(
+            f"{path} has no item text: its fields are {names}, the prompt reads {list(spec.fields)} "
+            f"(the paper's LLM-ESR splits of Amazon_Fashion and Yelp carry no text). A build from the "
+            f"raw files with item metadata has it: `python -m recbole_genair.datasets {Path(path).stem} "
+            f"--raw-dir=DIR --force`")
     if unknown:
         raise ItemFileError(
             f"{path}: archetype_fields names unknown field(s) {unknown}; the file has {names}")
+
+
+def how_to_make_features(dataset: str, fields: Optional[Mapping[str, str]], item_path: Path) -> str:
+    """One sentence for a missing feature file: the command that makes ``dataset``'s archetype
+    features, or why none can be made from its ``.item`` file as it is."""
+    command = f"`python -m recbole_genair.archetypes --dataset={dataset}`"
+    if not fields:
+        return (f"none can be made until properties/dataset/{dataset}.yaml declares `archetype_fields` "
+                f"(an ordered mapping `.item field: label`), then {command}; "
+                f"`--method=base` runs without them")
+    try:
+        names, _ = read_item_file(item_path)
+        check_fields(PromptSpec(fields=dict(fields)), names, Path(item_path))
+    except ItemFileError as exc:
+        return f"none can be made from this data set as it is: {exc}; `--method=base` runs without them"
+    return f"make them with {command}"

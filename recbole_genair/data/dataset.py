@@ -14,7 +14,9 @@ import torch
 from recbole.data.dataset import SequentialDataset
 
 from recbole_genair.data.cooccurrence import cooccurrence_counts
+from recbole_genair.archetypes.prompt import how_to_make_features
 from recbole_genair.data.features import FeatureFileError, align_by_token, read_feature_file
+from recbole_genair.registry import UsageError
 
 FEATURE_FIELDS = {"prefill": "prefill_emb", "decoding": "decoding_emb"}
 
@@ -61,6 +63,11 @@ def default_feature_file(config) -> Path:
     return Path(config["data_path"]) / f"{config['dataset']}.archetype"
 
 
+class MissingFeaturesError(FeatureFileError, UsageError):
+    """The data set has no archetype feature file; the message says how to make one, or why
+    none can be made (the command lines print it as one line)."""
+
+
 class ArchetypeDataset(SequentialDataset):
     """Sequential data set carrying ``item_features`` ``{name: FloatTensor[item_num, d]}``."""
 
@@ -76,9 +83,12 @@ class ArchetypeDataset(SequentialDataset):
             raise ValueError(f"genair_features must be a non-empty subset of {list(FEATURE_FIELDS)}, got {names}")
         path = Path(config["archetype_feature_file"] or default_feature_file(config))
         if not path.is_file():
-            raise FeatureFileError(
-                f"{path}: archetype features not found; make them with "
-                f"`python -m recbole_genair.archetypes --dataset={config['dataset']}`")
+            if config["archetype_feature_file"]:
+                raise MissingFeaturesError(f"{path}: no such file (`archetype_feature_file`)")
+            dataset = config["dataset"]
+            hint = how_to_make_features(dataset, config["archetype_fields"],
+                                        Path(config["data_path"]) / f"{dataset}.item")
+            raise MissingFeaturesError(f"{path}: archetype features not found; {hint}")
         tokens, columns = read_feature_file(path, [FEATURE_FIELDS[n] for n in names])
         id2token = self.field2id_token[self.iid_field]
         return {n: torch.from_numpy(align_by_token(tokens, columns[FEATURE_FIELDS[n]], id2token, str(path)))
