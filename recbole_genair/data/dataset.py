@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from recbole.data.dataset import SequentialDataset
 
-from recbole_genair.data.cooccurrence import cooccurrence_counts
 from recbole_genair.archetypes.prompt import how_to_make_features
+from recbole_genair.data.cooccurrence import cooccurrence_counts
 from recbole_genair.data.features import FeatureFileError, align_by_token, read_feature_file
 from recbole_genair.paths import dataset_properties
 from recbole_genair.registry import UsageError
