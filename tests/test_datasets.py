@@ -208,13 +208,12 @@ def test_a_raw_fashion_build_has_archetype_prompts_and_the_shared_split_says_why
     prompts = {row["item_id"]: build_prompt(row, spec) for row in rows}
     assert "The item name is Red Dress. The item brand is Brandy." in prompts["A"]
     assert "The item brand" not in prompts["C"]  # an empty value is left out
-    assert how_to_make_features("Amazon_Fashion", spec.fields, item) == (
+    assert how_to_make_features("Amazon_Fashion", item) == (
         "make them with `python -m recbole_genair.archetypes --dataset=Amazon_Fashion`")
 
     # the shared LLM-ESR split: ids only. The runner stops with one line saying why and what runs
     item.write_text("item_id:token\n" + "".join(f"{row['item_id']}\n" for row in rows))
-    assert "has no item text: its fields are ['item_id']" in how_to_make_features(
-        "Amazon_Fashion", spec.fields, item)
+    assert "has no item text: its fields are ['item_id']" in how_to_make_features("Amazon_Fashion", item)
     assert run_recbole_genair.main(["--model=SASRec", "--dataset=Amazon_Fashion",
                                     f"--data_path={tmp_path / 'out'}", "--show_progress=False",
                                     f"--checkpoint_dir={tmp_path / 'saved'}"]) == 2
@@ -224,8 +223,8 @@ def test_a_raw_fashion_build_has_archetype_prompts_and_the_shared_split_says_why
     assert "has no item text" in err[0] and "--raw-dir=DIR --force" in err[0]
     assert "`--method=base` runs without them" in err[0]
     # and a data set whose YAML declares no prompt fields says so
-    assert how_to_make_features("Mine", None, item).startswith(
-        "none can be made until properties/dataset/Mine.yaml declares `archetype_fields`")
+    hint = how_to_make_features("Mine", item)
+    assert hint.startswith("none can be made") and "properties/dataset/Mine.yaml declares no `archetype_fields`" in hint
 
 
 def test_llmesr_filter_single_pass_hand_computed(tmp_path):

@@ -39,10 +39,10 @@ from tqdm import tqdm
 
 from recbole_genair.archetypes.extract import generate_and_embed, teacher_forced
 from recbole_genair.archetypes.llm import DEFAULT_LLM, GGUF_CACHE_DIR, LoadedLLM, encode_prompts, load_llm
-from recbole_genair.archetypes.prompt import PromptSpec, build_prompt, check_fields, read_item_file
+from recbole_genair.archetypes.prompt import PromptSpec, build_prompt, check_fields, prompt_spec_for, read_item_file
 from recbole_genair.archetypes.store import (MISSING_CRC, Shard, ShardStore, atomic_write_text, make_shard,
                                              prompt_checksum, prompt_matches, settings_key)
-from recbole_genair.paths import DATASET_DIR, dataset_properties
+from recbole_genair.paths import DATASET_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -86,17 +86,6 @@ class ArchetypeJob:
     @property
     def data_dir(self) -> Path:
         return Path(self.dataset_dir) / self.dataset
-
-
-def prompt_spec_for(dataset: str) -> PromptSpec:
-    props = dataset_properties(dataset)
-    fields = props.get("archetype_fields")
-    if not fields:
-        raise ArchetypeError(
-            f"properties/dataset/{dataset}.yaml declares no `archetype_fields` (an ordered mapping "
-            f"`.item field: label`), so no archetype prompt can be built for {dataset}")
-    return PromptSpec(fields={str(k): str(v) for k, v in fields.items()},
-                      max_chars=int(props.get("archetype_max_chars", 300)))
 
 
 def load_prompts(job: ArchetypeJob, spec: PromptSpec) -> tuple[List[str], List[str]]:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
 from recbole_genair.data.converters import DatasetFormatError, read_atomic
+from recbole_genair.paths import dataset_properties
 
 PROMPT_HEAD = (
     "You are a helpful recommendation expert. Based on the following attributes, "
@@ -111,17 +112,29 @@ def check_fields(spec: PromptSpec, names: List[str], path: Path) -> None:
             f"{path}: archetype_fields names unknown field(s) {unknown}; the file has {names}")
 
 
-def how_to_make_features(dataset: str, fields: Optional[Mapping[str, str]], item_path: Path) -> str:
-    """One sentence for a missing feature file: the command that makes ``dataset``'s archetype
-    features, or why none can be made from its ``.item`` file as it is."""
-    command = f"`python -m recbole_genair.archetypes --dataset={dataset}`"
+class PromptSpecError(ValueError):
+    """The data set's properties declare no prompt fields."""
+
+
+def prompt_spec_for(dataset: str) -> PromptSpec:
+    """The prompt of ``dataset`` as ``properties/dataset/<NAME>.yaml`` declares it."""
+    props = dataset_properties(dataset)
+    fields = props.get("archetype_fields")
     if not fields:
-        return (f"none can be made until properties/dataset/{dataset}.yaml declares `archetype_fields` "
-                f"(an ordered mapping `.item field: label`), then {command}; "
-                f"`--method=base` runs without them")
+        raise PromptSpecError(
+            f"properties/dataset/{dataset}.yaml declares no `archetype_fields` (an ordered mapping "
+            f"`.item field: label`), so no archetype prompt can be built for {dataset}")
+    return PromptSpec(fields={str(k): str(v) for k, v in fields.items()},
+                      max_chars=int(props.get("archetype_max_chars", 300)))
+
+
+def how_to_make_features(dataset: str, item_path: Path) -> str:
+    """One sentence for a missing feature file: the command that makes ``dataset``'s archetype
+    features, or why the archetype step cannot make them from its ``.item`` file as it is."""
     try:
+        spec = prompt_spec_for(dataset)
         names, _ = read_item_file(item_path)
-        check_fields(PromptSpec(fields=dict(fields)), names, Path(item_path))
-    except ItemFileError as exc:
+        check_fields(spec, names, Path(item_path))
+    except (PromptSpecError, ItemFileError) as exc:
         return f"none can be made from this data set as it is: {exc}; `--method=base` runs without them"
-    return f"make them with {command}"
+    return f"make them with `python -m recbole_genair.archetypes --dataset={dataset}`"

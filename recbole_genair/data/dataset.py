@@ -16,7 +16,6 @@ from recbole.data.dataset import SequentialDataset
 from recbole_genair.archetypes.prompt import how_to_make_features
 from recbole_genair.data.cooccurrence import cooccurrence_counts
 from recbole_genair.data.features import FeatureFileError, align_by_token, read_feature_file
-from recbole_genair.paths import dataset_properties
 from recbole_genair.registry import UsageError
 
 FEATURE_FIELDS = {"prefill": "prefill_emb", "decoding": "decoding_emb"}
@@ -87,8 +86,7 @@ class ArchetypeDataset(SequentialDataset):
             if config["archetype_feature_file"]:
                 raise MissingFeaturesError(f"{path}: no such file (`archetype_feature_file`)")
             dataset = config["dataset"]
-            hint = how_to_make_features(dataset, dataset_properties(dataset).get("archetype_fields"),
-                                        Path(config["data_path"]) / f"{dataset}.item")  # what the step reads
+            hint = how_to_make_features(dataset, Path(config["data_path"]) / f"{dataset}.item")
             raise MissingFeaturesError(f"{path}: archetype features not found; {hint}")
         tokens, columns = read_feature_file(path, [FEATURE_FIELDS[n] for n in names])
         id2token = self.field2id_token[self.iid_field]
