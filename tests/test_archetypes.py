@@ -228,16 +228,24 @@ def _small_dataset(root: Path, shuffle: bool = False) -> Path:
     return root
 
 
-def _job(root: Path) -> pipeline.ArchetypeJob:
-    return pipeline.ArchetypeJob(dataset="ml-100k", batch_size=2, dataset_dir=root,
+def _job(root: Path, gguf_cache: Path) -> pipeline.ArchetypeJob:
+    return pipeline.ArchetypeJob(dataset="ml-100k", batch_size=2, dataset_dir=root, gguf_cache=gguf_cache,
                                  generation=pipeline.GenerationSettings(max_new_tokens=4), pca=2)
 
 
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory):
+def gguf_cache(tmp_path_factory):
+    """An empty cache for de-quantised GGUF copies: the tests neither read nor leave one in $HOME."""
+    cache = tmp_path_factory.mktemp("gguf")
+    yield cache
+    shutil.rmtree(cache, ignore_errors=True)  # ~540 MB
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, gguf_cache):
     pytest.importorskip("gguf")
     root = _small_dataset(tmp_path_factory.mktemp("ref"))
-    pipeline.run(_job(root))
+    pipeline.run(_job(root, gguf_cache))
     return root
 
 
@@ -254,7 +262,7 @@ def test_pipeline_writes_texts_features_and_records_settings(reference_run):
     assert "What potential users align best" in meta["settings"]["prompt"]["tail"]
 
 
-def _interrupt_at_second_batch(monkeypatch, root: Path):
+def _interrupt_at_second_batch(monkeypatch, root: Path, gguf_cache):
     """Run the job and kill it while its second batch is in flight; returns the real worker."""
     real = pipeline._run_batch
     calls = {"n": 0}
@@ -267,24 +275,24 @@ def _interrupt_at_second_batch(monkeypatch, root: Path):
 
     monkeypatch.setattr(pipeline, "_run_batch", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
-        pipeline.run(_job(root))
+        pipeline.run(_job(root, gguf_cache))
     return real
 
 
-def test_interrupted_run_resumes_to_byte_identical_features(reference_run, tmp_path, monkeypatch):
+def test_interrupted_run_resumes_to_byte_identical_features(reference_run, tmp_path, monkeypatch, gguf_cache):
     root = _small_dataset(tmp_path)
-    real = _interrupt_at_second_batch(monkeypatch, root)
+    real = _interrupt_at_second_batch(monkeypatch, root, gguf_cache)
     assert not (root / "ml-100k" / "ml-100k.archetype").exists()
     shards = list((root / "ml-100k" / "archetypes" / "cache").glob("*/batch_*.npz"))
     assert len(shards) == 1  # the finished batch was committed
     monkeypatch.setattr(pipeline, "_run_batch", real)
-    summary = pipeline.run(_job(root))
+    summary = pipeline.run(_job(root, gguf_cache))
     assert summary["generated_now"] == N_ITEMS - 2
     assert ((root / "ml-100k" / "ml-100k.archetype").read_bytes()
             == (reference_run / "ml-100k" / "ml-100k.archetype").read_bytes())
 
 
-def test_a_rerun_of_a_failed_item_keeps_the_rest_of_its_batch(reference_run, tmp_path, monkeypatch):
+def test_a_rerun_of_a_failed_item_keeps_the_rest_of_its_batch(reference_run, tmp_path, monkeypatch, gguf_cache):
     """One item of the first batch fails; the re-run retries it alone under the same batch
     number.  It used to replace that batch's file, dropping the items that had succeeded, so
     every later run re-generated them and lost the retried one: it never finished."""
@@ -301,20 +309,20 @@ def test_a_rerun_of_a_failed_item_keeps_the_rest_of_its_batch(reference_run, tmp
 
     monkeypatch.setattr(pipeline, "_extract", flaky)
     with pytest.raises(pipeline.ArchetypeError, match=r"1 item\(s\) have no archetype.*simulated failure"):
-        pipeline.run(_job(root))
+        pipeline.run(_job(root, gguf_cache))
     monkeypatch.setattr(pipeline, "_extract", real)
-    summary = pipeline.run(_job(root))
+    summary = pipeline.run(_job(root, gguf_cache))
     assert summary["generated_now"] == 1
     tokens, cols = read_feature_file(root / "ml-100k" / "ml-100k.archetype", ["prefill_emb"])
     assert len(tokens) == N_ITEMS
 
 
-def test_from_texts_rebuilds_the_features_and_refuses_texts_of_another_llm(reference_run, tmp_path):
+def test_from_texts_rebuilds_the_features_and_refuses_texts_of_another_llm(reference_run, tmp_path, gguf_cache):
     root = tmp_path / "copy"
     shutil.copytree(reference_run, root, ignore=shutil.ignore_patterns("cache"))
     data = root / "ml-100k"
     (data / "ml-100k.archetype").unlink()
-    pipeline.rebuild_from_texts(_job(root))
+    pipeline.rebuild_from_texts(_job(root, gguf_cache))
     _, rebuilt = read_feature_file(data / "ml-100k.archetype", ["prefill_emb", "decoding_emb"])
     _, reference = read_feature_file(reference_run / "ml-100k" / "ml-100k.archetype", ["prefill_emb", "decoding_emb"])
     for name in rebuilt:   # PCA signs may flip; the teacher-forced pass equals the generating one
@@ -324,10 +332,10 @@ def test_from_texts_rebuilds_the_features_and_refuses_texts_of_another_llm(refer
     meta["settings"]["llm"]["gguf_file"] = "SmolLM2-360M-Instruct.gguf"
     meta_file.write_text(json.dumps(meta))
     with pytest.raises(pipeline.ArchetypeError, match=r"another LLM or prompt.*llm.gguf_file: 'SmolLM2-360M"):
-        pipeline.rebuild_from_texts(_job(root))
+        pipeline.rebuild_from_texts(_job(root, gguf_cache))
 
 
-def test_an_item_whose_metadata_changed_is_generated_again_and_only_it(reference_run, tmp_path):
+def test_an_item_whose_metadata_changed_is_generated_again_and_only_it(reference_run, tmp_path, gguf_cache):
     """Cached results and committed texts count for an item only while its prompt is the one
     they were made from: it used to be the item token alone, so edited metadata kept stale texts."""
     root = tmp_path / "copy"
@@ -338,7 +346,7 @@ def test_an_item_whose_metadata_changed_is_generated_again_and_only_it(reference
     cells[1] = cells[1] + " (Director's Cut)"
     lines[2] = "\t".join(cells)
     item_file.write_text("\n".join(lines) + "\n")
-    summary = pipeline.run(_job(root))
+    summary = pipeline.run(_job(root, gguf_cache))
     assert summary["generated_now"] == 1
     records = pipeline.read_texts(root / "ml-100k" / "archetypes" / "ml-100k.archetypes.jsonl")
     assert all("prompt_crc" in r for r in records.values())
@@ -347,16 +355,16 @@ def test_an_item_whose_metadata_changed_is_generated_again_and_only_it(reference
     cells[1] = cells[1] + " Remastered"
     lines[2] = "\t".join(cells)
     item_file.write_text("\n".join(lines) + "\n")
-    assert pipeline.run(_job(root))["generated_now"] == 1
+    assert pipeline.run(_job(root, gguf_cache))["generated_now"] == 1
 
 
-def test_texts_written_before_prompt_checksums_are_matched_by_prompt_length(reference_run, tmp_path):
+def test_texts_written_before_prompt_checksums_are_matched_by_prompt_length(reference_run, tmp_path, gguf_cache):
     root = tmp_path / "copy"
     shutil.copytree(reference_run, root, ignore=shutil.ignore_patterns("cache"))
     texts = root / "ml-100k" / "archetypes" / "ml-100k.archetypes.jsonl"
     old = [{k: v for k, v in json.loads(line).items() if k != "prompt_crc"} for line in texts.read_text().splitlines()]
     texts.write_text("\n".join(json.dumps(r) for r in old) + "\n")
-    assert pipeline.run(_job(root))["generated_now"] == 0      # all 6 rebuilt by teacher forcing
+    assert pipeline.run(_job(root, gguf_cache))["generated_now"] == 0      # all 6 rebuilt by teacher forcing
     _, got = read_feature_file(root / "ml-100k" / "ml-100k.archetype", ["decoding_emb"])
     _, ref = read_feature_file(reference_run / "ml-100k" / "ml-100k.archetype", ["decoding_emb"])
     np.testing.assert_allclose(np.abs(got["decoding_emb"]), np.abs(ref["decoding_emb"]), atol=1e-3)
@@ -373,13 +381,13 @@ def test_shards_are_never_replaced(tmp_path):
     assert not list(store.dir.glob(".*tmp*"))
 
 
-def test_ray_workers_compute_and_the_driver_commits_the_same_features(reference_run, tmp_path, monkeypatch):
+def test_ray_workers_compute_and_the_driver_commits_the_same_features(reference_run, tmp_path, monkeypatch, gguf_cache):
     """--ray_address: batches run in Ray actors holding the LLM; the driver loads no weights."""
     ray = pytest.importorskip("ray")
     root = _small_dataset(tmp_path)
     monkeypatch.setattr(pipeline, "_WORKER", {})  # whatever loads a model in this process lands here
     monkeypatch.setattr(pipeline, "_DRIVER", {})
-    job = _job(root)
+    job = _job(root, gguf_cache)
     job.ray_address = "local"  # one actor: without Ray the job would run in this process
     summary = pipeline.run(job)
     assert summary["generated_now"] == N_ITEMS
@@ -391,40 +399,40 @@ def test_ray_workers_compute_and_the_driver_commits_the_same_features(reference_
             == (reference_run / "ml-100k" / "ml-100k.archetype").read_bytes())
 
 
-def test_a_ray_worker_that_dies_ends_the_run_with_an_error_that_says_how_to_continue(tmp_path):
+def test_a_ray_worker_that_dies_ends_the_run_with_an_error_that_says_how_to_continue(tmp_path, gguf_cache):
     import os
     ray = pytest.importorskip("ray")
-    job = _job(tmp_path)
+    job = _job(tmp_path, gguf_cache)
     job.ray_address = "local"
     with pytest.raises(pipeline.ArchetypeError, match="Ray worker failed.*run the same command again"):
         list(pipeline._map_ray(job, os._exit, [1]))  # the actor's process exits mid-task
     assert not ray.is_initialized()
 
 
-def test_a_worker_process_that_dies_ends_the_run_with_an_error_that_says_how_to_continue(tmp_path):
+def test_a_worker_process_that_dies_ends_the_run_with_an_error_that_says_how_to_continue(tmp_path, gguf_cache):
     """--workers=2: a worker killed by the system (out of memory) used to hang the run forever."""
     import os
-    job = _job(tmp_path)
+    job = _job(tmp_path, gguf_cache)
     job.workers = 2
     assert sorted(pipeline._map(job, abs, [-1, -2, -3])) == [1, 2, 3]   # the pool itself (no LLM needed)
     with pytest.raises(pipeline.ArchetypeError, match="worker process died.*run the same command again"):
         list(pipeline._map(job, os._exit, [1, 1]))
 
 
-def test_other_settings_never_mix_into_the_cache(reference_run, tmp_path):
+def test_other_settings_never_mix_into_the_cache(reference_run, tmp_path, gguf_cache):
     root = tmp_path / "copy"                 # the shared reference stays as it is for other tests
     shutil.copytree(reference_run, root)
-    job = _job(root)
+    job = _job(root, gguf_cache)
     job.generation = pipeline.GenerationSettings(max_new_tokens=3)
     summary = pipeline.run(job)
     assert summary["generated_now"] == N_ITEMS  # new key, nothing reused
     assert len(list((root / "ml-100k" / "archetypes" / "cache").iterdir())) == 2
 
 
-def test_features_follow_item_tokens_not_rows(reference_run, tmp_path):
+def test_features_follow_item_tokens_not_rows(reference_run, tmp_path, gguf_cache):
     root = _small_dataset(tmp_path, shuffle=True)
     shutil.copytree(reference_run / "ml-100k" / "archetypes", root / "ml-100k" / "archetypes")
-    pipeline.run(_job(root))  # all items cached: only PCA and writing happen
+    assert pipeline.run(_job(root, gguf_cache))["generated_now"] == 0  # all cached: only PCA and writing
     ref_tokens, ref = read_feature_file(reference_run / "ml-100k" / "ml-100k.archetype", ["decoding_emb"])
     tokens, got = read_feature_file(root / "ml-100k" / "ml-100k.archetype", ["decoding_emb"])
     assert tokens == list(reversed(ref_tokens))
@@ -434,13 +442,13 @@ def test_features_follow_item_tokens_not_rows(reference_run, tmp_path):
     np.testing.assert_allclose(np.abs(a), np.abs(b), atol=1e-4)  # PCA sign is arbitrary per axis
 
 
-def test_exported_texts_let_a_fresh_checkout_resume_without_regenerating(reference_run, tmp_path, monkeypatch):
+def test_exported_texts_let_a_fresh_checkout_resume_without_regenerating(reference_run, tmp_path, monkeypatch, gguf_cache):
     root = _small_dataset(tmp_path)
-    real = _interrupt_at_second_batch(monkeypatch, root)
+    real = _interrupt_at_second_batch(monkeypatch, root, gguf_cache)
     monkeypatch.setattr(pipeline, "_run_batch", real)
-    assert pipeline.export_texts(_job(root))["exported"] == 2
+    assert pipeline.export_texts(_job(root, gguf_cache))["exported"] == 2
     shutil.rmtree(root / "ml-100k" / "archetypes" / "cache")  # a fresh clone has only the texts
-    summary = pipeline.run(_job(root))
+    summary = pipeline.run(_job(root, gguf_cache))
     assert summary["generated_now"] == N_ITEMS - 2
     _, got = read_feature_file(root / "ml-100k" / "ml-100k.archetype", ["prefill_emb", "decoding_emb"])
     _, ref = read_feature_file(reference_run / "ml-100k" / "ml-100k.archetype", ["prefill_emb", "decoding_emb"])
@@ -448,11 +456,11 @@ def test_exported_texts_let_a_fresh_checkout_resume_without_regenerating(referen
         np.testing.assert_allclose(np.abs(got[name]), np.abs(ref[name]), rtol=1e-3, atol=1e-3)
 
 
-def test_verify_texts_regenerates_committed_ids_and_names_the_items_that_differ(reference_run, tmp_path):
-    report = pipeline.verify_texts(_job(reference_run))
+def test_verify_texts_regenerates_committed_ids_and_names_the_items_that_differ(reference_run, tmp_path, gguf_cache):
+    report = pipeline.verify_texts(_job(reference_run, gguf_cache))
     assert (report["items_checked"], report["identical"], report["mismatched"]) == (N_ITEMS, N_ITEMS, [])
     assert report["batches_checked"] == report["batches_planned"] == N_ITEMS // 2
-    assert pipeline.verify_texts(_job(reference_run), sample=1)["items_checked"] == 2
+    assert pipeline.verify_texts(_job(reference_run, gguf_cache), sample=1)["items_checked"] == 2
 
     root = tmp_path / "tampered"
     shutil.copytree(reference_run, root)
@@ -460,11 +468,11 @@ def test_verify_texts_regenerates_committed_ids_and_names_the_items_that_differ(
     records = [json.loads(l) for l in texts.read_text().splitlines()]
     records[3]["generated_ids"] = records[3]["generated_ids"][:-1] + [records[3]["generated_ids"][-1] + 1]
     texts.write_text("\n".join(json.dumps(r) for r in records[:5]) + "\n")  # and one item left out
-    report = pipeline.verify_texts(_job(root))
+    report = pipeline.verify_texts(_job(root, gguf_cache))
     assert report["mismatched"] == [records[3]["item_id"]]
     assert report["not_in_texts"] == [records[5]["item_id"]] and report["items_checked"] == N_ITEMS - 1
 
-    job = _job(reference_run)
+    job = _job(reference_run, gguf_cache)
     job.generation = pipeline.GenerationSettings(max_new_tokens=3)
     with pytest.raises(pipeline.ArchetypeError, match=r"generation\.max_new_tokens: 4 -> 3"):
         pipeline.verify_texts(job)
@@ -482,22 +490,36 @@ def test_llm_identity_is_the_gguf_content_not_where_it_is_installed(tiny_llama, 
     assert loaded(tmp_path / "venv_c", b"weightz")["gguf_sha256"] != here["gguf_sha256"]
 
 
-def test_a_gguf_llm_is_dequantised_once_and_its_kept_copy_is_the_same_model(reference_run, monkeypatch):
-    """The first full load (here: the reference run's) keeps a de-quantised copy; later loads
-    read it instead of the GGUF file and get the same weights, tokens, stop tokens and identity."""
+def test_a_gguf_llm_is_dequantised_once_and_its_kept_copy_is_the_same_model(reference_run, monkeypatch, gguf_cache):
+    """The first full load (here: the reference run's, into an empty cache) keeps a de-quantised
+    copy; later loads read it instead of the GGUF file and get the same weights, tokens, stop
+    tokens and identity."""
+    import transformers
+
     from recbole_genair.archetypes import llm as llm_module
-    from recbole_genair.archetypes.llm import GGUF_CACHE_DIR, encode_prompts, gguf_cache_path, load_llm, resolve_llm
-    kept = gguf_cache_path(*resolve_llm("smollm2"), GGUF_CACHE_DIR)
+    from recbole_genair.archetypes.llm import encode_prompts, gguf_cache_path, load_llm, resolve_llm
+    kept = gguf_cache_path(*resolve_llm("smollm2"), gguf_cache)
     assert (kept / "model.safetensors").is_file(), f"no de-quantised copy at {kept} (see load_llm's warning)"
 
     def no_conversion(*args):
         raise AssertionError("de-quantised again although a copy is kept")
 
+    read = []
+    real = transformers.AutoModelForCausalLM.from_pretrained.__func__
+
+    def recording(cls, source, *args, **kwargs):
+        read.append((str(source), kwargs.get("gguf_file")))
+        return real(cls, source, *args, **kwargs)
+
     monkeypatch.setattr(llm_module, "_convert_gguf", no_conversion)
-    from_copy, direct = load_llm(), load_llm(gguf_cache=None)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", classmethod(recording))
+    from_copy = load_llm(gguf_cache=gguf_cache)
+    assert read == [(str(kept), None)]                      # the copy, not the GGUF file
+    direct = load_llm(gguf_cache=None)
+    assert read[1][1] == resolve_llm("smollm2")[1]           # ... which this one de-quantises
     assert from_copy.identity() == direct.identity() and from_copy.identity()["gguf_sha256"][:16] in kept.name
     assert (from_copy.stop_ids, from_copy.pad_id) == (direct.stop_ids, direct.pad_id)
-    _, prompts = pipeline.load_prompts(_job(reference_run), pipeline.prompt_spec_for("ml-100k"))
+    _, prompts = pipeline.load_prompts(_job(reference_run, gguf_cache), pipeline.prompt_spec_for("ml-100k"))
     prompts += ["Ünïcödé  spaces\n\ttabs <|im_end|> and a <|im_start|>turn"]
     assert encode_prompts(from_copy.tokenizer, prompts) == encode_prompts(direct.tokenizer, prompts)
     ours, theirs = from_copy.model.state_dict(), direct.model.state_dict()

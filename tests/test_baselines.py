@@ -323,6 +323,14 @@ def test_llmesr_retrieves_the_most_similar_users_by_llm_profile(make_model):
         assert table.shape == (bert.n_items + 1, width) and torch.all(table[0] == 0)
         guide = bert.neighbour_guide(torch.tensor([1, 2]))
         assert guide.shape == (2, width) and torch.isfinite(guide).all()
+        # a user's representation is read where BERT4Rec predicts: at a mask appended to the
+        # history (RecBole's reconstruct_test_data + gather at the last position)
+        seq, seq_len = bert.history[1:5], bert.history_len[1:5]
+        assert (seq_len > 0).all() and (seq_len < seq.shape[1]).any()
+        at_mask = bert.gather_indexes(bert.forward(bert.reconstruct_test_data(seq.clone(), seq_len)), seq_len - 1)
+        assert torch.allclose(bert.sequence_representation(seq, seq_len), at_mask, atol=1e-6)
+        unmasked = bert.gather_indexes(bert.forward(seq), seq_len - 1)
+        assert not torch.allclose(unmasked, at_mask, atol=1e-3)
 
 
 def test_llmesr_scores_use_both_views_and_distillation_targets_the_neighbours(make_model):

@@ -28,9 +28,13 @@ def test_registry_base_is_recbole_and_unknown_names_list_choices():
         model_class("SASRec", "nope")
 
 
-def test_get_model_finds_plugin_first_then_recbole():
+def test_get_model_finds_plugin_first_then_recbole(monkeypatch):
     assert get_model("GenAIRSASRec").__name__ == "GenAIRSASRec"
     assert get_model("BPR").__name__ == "BPR"  # falls back to RecBole
+    from recbole_genair import registry
+    ours = type("BPR", (), {})
+    monkeypatch.setattr(registry, "plugin_models", lambda: {"BPR": ours})
+    assert get_model("BPR") is ours  # a plugin model shadows RecBole's of the same name
     with pytest.raises(UnknownChoiceError):
         get_model("NoSuchModel")
 
