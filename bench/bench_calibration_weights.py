@@ -22,21 +22,17 @@ import argparse
 import time
 
 import numpy as np
-import pandas as pd
 
-from recbole_genair.data.cooccurrence import cooccurrence_counts, normalized_scores
+from recbole_genair.data import cooccurrence as cooc
+from recbole_genair.data.atomic import read_inter_columns
 from recbole_genair.paths import DATASET_DIR
 
 
 def training_targets(users: np.ndarray, items: np.ndarray, times: np.ndarray, holdout: int) -> np.ndarray:
-    """Item code of every training target: each user's items in time order, minus the first and the last ``holdout``."""
-    order = np.lexsort((times, users))
-    users, items = users[order], items[order]
-    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
-    lengths = np.diff(np.r_[starts, len(users)])
-    position = np.arange(len(users)) - np.repeat(starts, lengths)
-    length = np.repeat(lengths, lengths)
-    return items[(position >= 1) & (position < length - holdout)]
+    """Item index of every training target: the training part ``cooccurrence_counts`` counts, minus each user's first item."""
+    rows, user_code = cooc._training_mask(users, times, holdout)
+    not_first = np.r_[False, user_code[1:] == user_code[:-1]]
+    return items[rows[not_first]]
 
 
 def batch_stats(batch: np.ndarray, scores, gammas: list[float]) -> tuple[int, float, list[float]]:
@@ -59,14 +55,10 @@ def main() -> None:
     args = parser.parse_args()
     gammas = [float(g) for g in args.gammas.split(",")]
 
-    path = DATASET_DIR / args.dataset / f"{args.dataset}.inter"
-    inter = pd.read_csv(path, sep="\t", dtype={"user_id:token": str, "item_id:token": str})
-    users = pd.factorize(inter["user_id:token"])[0]
-    items, tokens = pd.factorize(inter["item_id:token"])
-    times = inter["timestamp:float"].to_numpy()
+    users, items, times, tokens = read_inter_columns(DATASET_DIR / args.dataset / f"{args.dataset}.inter")
     start = time.perf_counter()
-    counts = cooccurrence_counts(users, items, times, n_items=len(tokens), holdout=args.holdout)
-    scores = normalized_scores(counts).tocsr()
+    counts = cooc.cooccurrence_counts(users, items, times, n_items=len(tokens), holdout=args.holdout)
+    scores = cooc.normalized_scores(counts).tocsr()
     print(f"{args.dataset}: {len(tokens):,} items, {counts.nnz:,} co-occurring ordered pairs "
           f"({counts.nnz / (len(tokens) * (len(tokens) - 1)):.2e} of all), C_max {counts.max()}, "
           f"built in {time.perf_counter() - start:.1f} s")
