@@ -34,6 +34,10 @@ sides alike.  Run from the project root:
     python bench/bench_extraction.py --max_new_tokens 64 --no-variants --extra_batch 64
     python bench/bench_extraction.py --no-variants --bf16  # also both sides with bfloat16 weights
 
+``ours32 stock attention`` is ours on the LLM loaded with ``gqa_attention=False``: transformers'
+own SDPA attention, which copies SmolLM2's 3 key/value heads into 9 at every layer and step when
+a mask is passed (the reference always runs that one, as the released code does).
+
 ``ours32 unshared`` is ours without the shared-prefix prefill (``share_prefix=False``: every row
 runs the chat template and instruction itself), timed every run, with its agreement printed.
 
@@ -239,6 +243,11 @@ def main() -> None:
     warnings.filterwarnings("ignore")
 
     llm = load_llm()
+    # The released code runs transformers' own attention, which copies the key/value heads of a
+    # grouped-query model (SmolLM2: 9 query, 3 key/value heads) at every step; ours runs
+    # ``use_gqa_sdpa`` (``load_llm``'s default).  ``ours32 stock attention`` is ours without it.
+    stock = load_llm(gqa_attention=False)
+    assert stock.model.config._attn_implementation == "sdpa" != llm.model.config._attn_implementation
     tokens, prompt_ids, item_order = bench_prompts(llm, args.items)
     n = len(prompt_ids)
     sorted32 = plan_batches(tokens, prompt_ids, 32)
@@ -250,7 +259,8 @@ def main() -> None:
 
     methods: Dict[str, Callable] = {
         "ours32 sorted": lambda: run_ours(llm, prompt_ids, sorted32, N),
-        "ref16 (released)": lambda: run_reference(llm, prompt_ids, item_order, N, keep=False),
+        "ref16 (released)": lambda: run_reference(stock, prompt_ids, item_order, N, keep=False),
+        "ours32 stock attention": lambda: run_ours(stock, prompt_ids, sorted32, N),
         "ours16 sorted": lambda: run_ours(llm, prompt_ids, sorted16, N),
         "ours32 unshared": lambda: run_ours(llm, prompt_ids, sorted32, N, share_prefix=False),
     }
@@ -258,20 +268,22 @@ def main() -> None:
     for name, b in extra_batches.items():
         methods[name] = (lambda b=b: run_ours(llm, prompt_ids, b, N))
     llm16 = load_llm(dtype="bfloat16") if args.bf16 else None
+    stock16 = load_llm(dtype="bfloat16", gqa_attention=False) if args.bf16 else None
     if llm16 is not None:
         methods["ours32 sorted bf16"] = lambda: run_ours(llm16, prompt_ids, sorted32, N)
-        methods["ref16 bf16"] = lambda: run_reference(llm16, prompt_ids, item_order, N, keep=False)
+        methods["ref16 bf16"] = lambda: run_reference(stock16, prompt_ids, item_order, N, keep=False)
     if not args.no_variants:
-        methods["ref16 no-hs"] = lambda: run_reference(llm, prompt_ids, item_order, N, hidden_states=False)
+        methods["ref16 no-hs"] = lambda: run_reference(stock, prompt_ids, item_order, N, hidden_states=False)
         methods["ours16 item-order"] = lambda: run_ours(llm, prompt_ids, item_order, N)
 
     # warm-up (one batch each), then the rounds
     run_ours(llm, prompt_ids, sorted32[:1], min(N, 4))
-    run_reference(llm, prompt_ids, item_order[:1], min(N, 4), keep=False)
+    run_reference(stock, prompt_ids, item_order[:1], min(N, 4), keep=False)
+    run_ours(stock, prompt_ids, sorted32[:1], min(N, 4))
     if llm16 is not None:
         run_ours(llm16, prompt_ids, sorted32[:1], min(N, 4))
-        run_reference(llm16, prompt_ids, item_order[:1], min(N, 4), keep=False)
-    timer = InsideTimer(*[x.model for x in (llm, llm16) if x is not None])
+        run_reference(stock16, prompt_ids, item_order[:1], min(N, 4), keep=False)
+    timer = InsideTimer(*[x.model for x in (llm, stock, llm16, stock16) if x is not None])
     times: Dict[str, List[float]] = {k: [] for k in methods}
     inside: Dict[str, List[float]] = {k: [] for k in methods}
     names = list(methods)
@@ -295,7 +307,7 @@ def main() -> None:
     print("| method | batches | s | items/s | vs ref16 | inside model s | outside s |")
     print("|---|---|--:|--:|--:|--:|--:|")
     batches_of = {"ours32 sorted": sorted32, "ours16 sorted": sorted16, "ours32 sorted bf16": sorted32,
-                  "ours32 unshared": sorted32, **extra_batches}
+                  "ours32 unshared": sorted32, "ours32 stock attention": sorted32, **extra_batches}
     for k in names:
         b = batches_of.get(k, item_order)
         ins = statistics.median(inside[k])
@@ -305,7 +317,9 @@ def main() -> None:
           f"{'met' if ref / med['ours32 sorted'] >= 3 else 'NOT met'});  ours16 vs reference: "
           f"{ref / med['ours16 sorted']:.2f}x;  shared prefix vs unshared (ours32): "
           f"{med['ours32 unshared'] / med['ours32 sorted']:.2f}x, ours32 unshared vs reference: "
-          f"{ref / med['ours32 unshared']:.2f}x", flush=True)
+          f"{ref / med['ours32 unshared']:.2f}x;  grouped-query attention vs stock (ours32): "
+          f"{med['ours32 stock attention'] / med['ours32 sorted']:.2f}x, ours32 stock attention vs reference: "
+          f"{ref / med['ours32 stock attention']:.2f}x", flush=True)
     if llm16 is not None:
         print(f"bf16: ours32 bf16 vs reference as released (fp32): {ref / med['ours32 sorted bf16']:.2f}x "
               f"(goal >= 3x: {'met' if ref / med['ours32 sorted bf16'] >= 3 else 'NOT met'}); vs ref16 bf16: "
@@ -320,7 +334,7 @@ def main() -> None:
     run_ours(llm, prompt_ids, sorted32, 1, share_prefix=False)
     t_pre_unshared = time.perf_counter() - t0
     t0 = time.perf_counter()
-    run_reference(llm, prompt_ids, item_order, 1, keep=False)
+    run_reference(stock, prompt_ids, item_order, 1, keep=False)
     t_pre_ref = time.perf_counter() - t0
     print(f"prefill only (max_new_tokens=1, one run each): ours32 {t_pre:.2f} s = "
           f"{100 * t_pre / med['ours32 sorted']:.0f} % of its total; ref16 {t_pre_ref:.2f} s = "
@@ -330,7 +344,7 @@ def main() -> None:
 
     # --- agreement (one more untimed pass of each) -------------------------------------------
     ours = run_ours(llm, prompt_ids, sorted32, N)
-    refb = run_reference(llm, prompt_ids, item_order, N, keep=True)
+    refb = run_reference(stock, prompt_ids, item_order, N, keep=True)
     R = {}
     for b in refb:
         for k, i in enumerate(b.rows):
@@ -393,6 +407,8 @@ def main() -> None:
 
     versus("unshared vs shared prefix (fp32)", "unshared vs shared",
            run_ours(llm, prompt_ids, sorted32, N, share_prefix=False))
+    versus("transformers' attention vs grouped-query attention (fp32)", "stock vs GQA attention",
+           run_ours(stock, prompt_ids, sorted32, N))
     if llm16 is not None:
         versus("bf16 vs fp32 weights", "bf16 vs fp32", run_ours(llm16, prompt_ids, sorted32, N))
 

@@ -40,13 +40,22 @@ import torch
 from bench_extraction import bench_prompts, fixed_pool, reference_generate
 from recbole_genair.archetypes import pipeline
 from recbole_genair.archetypes.extract import generate_and_embed
+from recbole_genair.archetypes.llm import GGUF_CACHE_DIR, load_llm
 from recbole_genair.archetypes.pipeline import plan_batches
+
+
+def init_worker(threads: int) -> None:
+    """Both LLMs in this process: ours as the step loads it, and the reference's with
+    transformers' own attention (``gqa_attention=False``), as the released code runs it."""
+    pipeline._init_worker(pipeline.DEFAULT_LLM, "cpu", "float32", threads, GGUF_CACHE_DIR)
+    if "stock" not in pipeline._WORKER:
+        pipeline._WORKER["stock"] = load_llm(pipeline.DEFAULT_LLM, gqa_attention=False, gguf_cache=GGUF_CACHE_DIR)
 
 
 def extract_batch(task) -> List[List[int]]:
     """One batch with the LLM already loaded in this process: generated ids per row."""
     method, batch, max_new_tokens = task
-    llm = pipeline._WORKER["llm"]
+    llm = pipeline._WORKER["llm" if method == "ours" else "stock"]
     if method == "ours":
         return generate_and_embed(llm.model, batch, max_new_tokens=max_new_tokens, stop_ids=llm.stop_ids,
                                   pad_id=llm.pad_id).generated
@@ -86,7 +95,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     C, N = args.cores, args.max_new_tokens
 
-    pipeline._init_worker(pipeline.DEFAULT_LLM, "cpu", "float32", C)
+    init_worker(C)
     llm = pipeline._WORKER["llm"]
     tokens, prompt_ids, item_order = bench_prompts(llm, args.items)
     n = len(prompt_ids)
@@ -94,8 +103,7 @@ def main() -> None:
     print(f"# {n} ml-100k items, max_new_tokens={N}, greedy, {C} cores (os.cpu_count()={os.cpu_count()}), "
           f"torch {torch.__version__}; load average before start: {os.getloadavg()}", flush=True)
 
-    pool = mp.get_context("spawn").Pool(C, initializer=pipeline._init_worker,
-                                        initargs=(pipeline.DEFAULT_LLM, "cpu", "float32", 1))
+    pool = mp.get_context("spawn").Pool(C, initializer=init_worker, initargs=(1,))
     methods: Dict[str, Callable] = {
         f"ref16 released (1 proc x {C} threads)": lambda: in_process("ref", prompt_ids, item_order, N, C),
         f"ours32 workers ({C} procs x 1 thread)": lambda: in_pool(pool, "ours", prompt_ids, sorted32, N),

@@ -14,7 +14,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from recbole_genair.archetypes import pipeline
 from recbole_genair.archetypes.extract import common_prefix_length, generate_and_embed, teacher_forced
-from recbole_genair.archetypes.llm import LoadedLLM
+from recbole_genair.archetypes.llm import GQA_SDPA, LoadedLLM, use_gqa_sdpa
 from recbole_genair.archetypes.prompt import PromptSpec, build_prompt, read_item_file
 from recbole_genair.archetypes.store import ShardStore, make_shard
 from recbole_genair.data.features import align_by_token, read_feature_file
@@ -188,6 +188,44 @@ def test_teacher_forced_rebuild_shares_the_prefix_and_matches_generation(tiny_ll
     for pooled in (shared, plain):
         torch.testing.assert_close(pooled[0], gen.prefill, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(pooled[1], gen.decoding, atol=1e-5, rtol=1e-4)
+
+
+def test_grouped_query_attention_reads_shared_heads_without_copying_and_changes_nothing(tiny_llama, monkeypatch):
+    """``use_gqa_sdpa`` (on by default in ``load_llm`` on the CPU): same tokens and embeddings
+    as transformers' SDPA, which copies the key/value heads whenever a mask is passed."""
+    from transformers.integrations import sdpa_attention
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    copies = []
+    stock_repeat = sdpa_attention.repeat_kv
+    monkeypatch.setattr(sdpa_attention, "repeat_kv", lambda x, n: copies.append(n) or stock_repeat(x, n))
+    _, prompts = _prefixed_prompts()
+    kwargs = dict(max_new_tokens=6, stop_ids=[7], pad_id=0)
+    assert tiny_llama.config._attn_implementation == "sdpa"
+    stock = generate_and_embed(tiny_llama, prompts, **kwargs)
+    stock_tf = teacher_forced(tiny_llama, prompts, stock.generated, pad_id=0)
+    assert copies and set(copies) == {2}  # 4 query heads read 2 key/value heads: copied twice over
+    copies.clear()
+    gqa_model = copy.deepcopy(tiny_llama)
+    assert use_gqa_sdpa(gqa_model) and gqa_model.config._attn_implementation == GQA_SDPA
+    assert tiny_llama.config._attn_implementation == "sdpa"
+    fast = generate_and_embed(gqa_model, prompts, **kwargs)
+    fast_tf = teacher_forced(gqa_model, prompts, stock.generated, pad_id=0)
+    assert not copies
+    assert fast.generated == stock.generated
+    for a, b in ((fast.prefill, stock.prefill), (fast.decoding, stock.decoding), (fast_tf[0], stock_tf[0]),
+                 (fast_tf[1], stock_tf[1])):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    for row, prompt in enumerate(prompts):  # and a padded batch still equals one-by-one
+        one = generate_and_embed(gqa_model, [prompt], **kwargs)
+        assert one.generated[0] == fast.generated[row]
+        torch.testing.assert_close(one.decoding[0], fast.decoding[row], atol=1e-5, rtol=1e-4)
+    torch.manual_seed(0)
+    plain_heads = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64,
+                                               num_hidden_layers=1, num_attention_heads=4,
+                                               num_key_value_heads=4)).eval()
+    assert not use_gqa_sdpa(plain_heads)  # one key/value head per query head: nothing to gain
+    assert plain_heads.config._attn_implementation == "sdpa"
 
 
 def test_bfloat16_weights_pool_in_float32_and_stay_close_to_float32(tiny_llama):

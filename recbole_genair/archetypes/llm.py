@@ -35,6 +35,8 @@ _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # De-quantised GGUF models (float32 safetensors + tokenizer), one directory per file and
 # transformers and gguf versions; ~540 MB for SmolLM2-135M.  Delete it freely: it is rebuilt on demand.
 GGUF_CACHE_DIR = Path.home() / ".cache" / "recbole_genair" / "gguf"
+# The attention kernel :func:`use_gqa_sdpa` switches grouped-query-attention models to on the CPU.
+GQA_SDPA = "genair_sdpa_gqa"
 
 
 class LLMNotFoundError(RuntimeError):
@@ -177,8 +179,57 @@ def stop_token_ids(tokenizer, model) -> List[int]:
     return sorted(ids)
 
 
+def _sdpa_gqa_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
+                        scaling: Optional[float] = None, is_causal: Optional[bool] = None, **kwargs):
+    """transformers' SDPA attention with grouped-query heads read inside the kernel.
+
+    transformers (4.57) gives ``scaled_dot_product_attention`` its ``enable_gqa`` only when no
+    attention mask is passed; with a mask -- always, for a left-padded batch -- it first copies
+    every key and value head ``num_key_value_groups`` times (``repeat_kv``), the whole cache at
+    every decoding step.  Here the kernel reads each key/value head for its group of query heads
+    instead: the same arithmetic, no copy (bench/RESULTS.md, "Grouped-query attention without
+    copying the cache").  Same arguments and output layout (``[B, q, heads, head_dim]``) as
+    ``transformers.integrations.sdpa_attention.sdpa_attention_forward``.
+    """
+    if kwargs.get("output_attentions", False) or kwargs.get("head_mask") is not None:
+        raise ValueError(f"{GQA_SDPA} attention does not return attention weights or take a head mask")
+    if attention_mask is not None and attention_mask.ndim == 4:
+        attention_mask = attention_mask[:, :, :, :key.shape[-2]]
+    if is_causal is None:
+        is_causal = query.shape[2] > 1 and attention_mask is None and getattr(module, "is_causal", True)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling, is_causal=bool(is_causal),
+        enable_gqa=key.shape[1] != query.shape[1])
+    return out.transpose(1, 2).contiguous(), None
+
+
+def use_gqa_sdpa(model) -> bool:
+    """Run a grouped-query-attention model's SDPA attention through :func:`_sdpa_gqa_attention`.
+
+    Only a model that uses transformers' ``sdpa`` attention, has fewer key/value heads than
+    query heads (SmolLM2, Llama 3, Qwen2.5; not Llama 2) and sits on the CPU is switched;
+    returns whether it was.  On the CPU the outputs are those of the stock kernel (the
+    archetype tests and the extraction benchmark compare them); on a GPU the stock attention
+    stays, since this was not measured there.
+    """
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
+
+    config = model.config
+    heads = int(getattr(config, "num_attention_heads", 0) or 0)
+    kv_heads = int(getattr(config, "num_key_value_heads", heads) or heads)
+    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+    if config._attn_implementation != "sdpa" or kv_heads >= heads or not on_cpu:
+        return False
+    AttentionInterface.register(GQA_SDPA, _sdpa_gqa_attention)
+    AttentionMaskInterface.register(GQA_SDPA, sdpa_mask)
+    model.set_attn_implementation(GQA_SDPA)
+    return True
+
+
 def load_llm(name: str = DEFAULT_LLM, device: str = "cpu", dtype: Optional[str] = None,
-             weights: bool = True, gguf_cache: Optional[Path] = GGUF_CACHE_DIR) -> LoadedLLM:
+             weights: bool = True, gguf_cache: Optional[Path] = GGUF_CACHE_DIR,
+             gqa_attention: bool = True) -> LoadedLLM:
     """Load tokenizer and model (``local_files_only`` unless the id is not on disk).
 
     A GGUF file is read through its de-quantised copy under ``gguf_cache`` (made at the first
@@ -188,6 +239,9 @@ def load_llm(name: str = DEFAULT_LLM, device: str = "cpu", dtype: Optional[str] 
     ``weights=False`` builds the model's structure on the ``meta`` device without reading or
     allocating weights: enough for the tokenizer, the stop tokens and :meth:`LoadedLLM.identity`
     on a driver whose workers (Ray actors) run the model.
+
+    ``gqa_attention``: on the CPU, run a grouped-query-attention model's attention without
+    copying its key/value heads (:func:`use_gqa_sdpa`); ``False`` keeps transformers' own.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
@@ -213,6 +267,8 @@ def load_llm(name: str = DEFAULT_LLM, device: str = "cpu", dtype: Optional[str] 
         if weights:
             model = AutoModelForCausalLM.from_pretrained(load_from, dtype=torch_dtype, **kwargs)
             model.to(device).eval()
+            if gqa_attention:
+                use_gqa_sdpa(model)
         else:
             config = AutoConfig.from_pretrained(load_from, **kwargs)
             with torch.device("meta"):
