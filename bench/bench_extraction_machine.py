@@ -6,7 +6,8 @@ archetype step finish than the released approach?  Both get all cores, each the 
 
 * ``ref16 released``: the released approach (``model.generate(..., output_hidden_states=True,
   return_dict_in_generate=True)``, batch 16 in item order; see ``bench_extraction.py``) in one
-  process with torch's default thread count (= the number of cores);
+  process with torch's default thread count (= the number of cores), on the LLM loaded with
+  transformers' own attention (``load_llm(gqa_attention=False)``), as the released code runs it;
 * ``ours32 workers``: our step as ``python -m recbole_genair.archetypes --workers=C --threads=1``
   runs it: C spawned processes, one thread each, each with the LLM loaded once
   (``pipeline._init_worker``), length-sorted batches of 32 handed out one at a time.
