@@ -194,7 +194,6 @@ def test_grouped_query_attention_reads_shared_heads_without_copying_and_changes_
     """``use_gqa_sdpa`` (on by default in ``load_llm`` on the CPU): same tokens and embeddings
     as transformers' SDPA, which copies the key/value heads whenever a mask is passed."""
     from transformers.integrations import sdpa_attention
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     copies = []
     stock_repeat = sdpa_attention.repeat_kv
@@ -220,10 +219,9 @@ def test_grouped_query_attention_reads_shared_heads_without_copying_and_changes_
         one = generate_and_embed(gqa_model, [prompt], **kwargs)
         assert one.generated[0] == fast.generated[row]
         torch.testing.assert_close(one.decoding[0], fast.decoding[row], atol=1e-5, rtol=1e-4)
-    torch.manual_seed(0)
-    plain_heads = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64,
-                                               num_hidden_layers=1, num_attention_heads=4,
-                                               num_key_value_heads=4)).eval()
+    config = copy.deepcopy(tiny_llama.config)
+    config.num_key_value_heads = config.num_attention_heads
+    plain_heads = LlamaForCausalLM(config).eval()
     assert not use_gqa_sdpa(plain_heads)  # one key/value head per query head: nothing to gain
     assert plain_heads.config._attn_implementation == "sdpa"
 
