@@ -33,6 +33,7 @@ sides alike.  Run from the project root:
     python bench/bench_extraction.py --items 160 --max_new_tokens 64 --rounds 5
     python bench/bench_extraction.py --max_new_tokens 64 --no-variants --extra_batch 64
     python bench/bench_extraction.py --no-variants --bf16  # also both sides with bfloat16 weights
+    python bench/bench_extraction.py --no-variants --flops # also each method's work and GFLOP/s
 
 ``ours32 stock attention`` is ours on the LLM loaded with ``gqa_attention=False``: transformers'
 own SDPA attention, which copies SmolLM2's 3 key/value heads into 9 at every layer and step when
@@ -47,6 +48,12 @@ every layer's states costs) and ``ours16 item-order`` (our loop on the reference
 batches: what ``generate``'s per-step machinery costs).  Forward hooks split each method's
 time into "inside the transformer + LM head" and "outside" (Python/generation overhead), and
 one run with ``max_new_tokens=1`` per side gives the prefill share.
+
+``--flops`` counts, after the timing, the floating-point work of one pass of every timed method
+(``torch.utils.flop_counter``: the matrix products and the attention kernel) and prints each
+method's work, its work relative to the reference's, and its achieved GFLOP/s next to this core's
+rate for one decode-shaped matrix product: a speed-up is the reference's work over ours times
+our efficiency over the reference's, which bounds what a faster loop can still gain.
 
 ``--bf16`` loads the same LLM a second time with bfloat16 weights (``--dtype=bfloat16`` of the
 archetype step) and times both sides with it too (``ours32 sorted bf16``, ``ref16 bf16``); on a
@@ -65,6 +72,8 @@ from typing import Callable, Dict, List, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
 from recbole_genair.archetypes.extract import generate_and_embed, teacher_forced
 from recbole_genair.archetypes.llm import encode_prompts, load_llm
@@ -181,6 +190,33 @@ def run_ours(llm, prompt_ids, batches, max_new_tokens: int, share_prefix: bool =
     return results
 
 
+# --- work counting ----------------------------------------------------------------------------
+@register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu)
+def _cpu_sdpa_flop(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    """torch counts no work for the CPU attention kernel: scores (Q K^T) plus weighted values, per query head."""
+    batch, heads, q_len, dim = query
+    return 2 * batch * heads * q_len * key[2] * (dim + value[3])
+
+
+def count_gflop(fn) -> float:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
+
+
+def gemm_rate(rows: int, d_in: int, d_out: int, calls: int = 60, repeats: int = 5) -> float:
+    """Best GFLOP/s over ``repeats`` timings of ``calls`` [rows, d_in] x [d_in, d_out] products (this process's threads)."""
+    x, w = torch.randn(rows, d_in), torch.randn(d_out, d_in)
+    best = float("inf")
+    for rep in range(repeats + 1):                   # the first timing is a warm-up
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            F.linear(x, w)
+        if rep:
+            best = min(best, time.perf_counter() - t0)
+    return 2 * rows * d_in * d_out * calls / best / 1e9
+
+
 # --- timing helpers ------------------------------------------------------------------------
 class InsideTimer:
     """Wall time spent inside the transformer stack and the LM head (forward hooks)."""
@@ -233,6 +269,8 @@ def main() -> None:
                         help="also time ours at these (sorted) batch sizes, e.g. --extra_batch 64")
     parser.add_argument("--no-variants", action="store_true",
                         help="skip the two decomposition variants (ref16 no-hs, ours16 item-order)")
+    parser.add_argument("--flops", action="store_true",
+                        help="also count each method's floating-point work (one untimed pass each)")
     parser.add_argument("--bf16", action="store_true",
                         help="also time ours32 and ref16 with bfloat16 weights and compare with fp32")
     args = parser.parse_args()
@@ -325,6 +363,22 @@ def main() -> None:
               f"(goal >= 3x: {'met' if ref / med['ours32 sorted bf16'] >= 3 else 'NOT met'}); vs ref16 bf16: "
               f"{med['ref16 bf16'] / med['ours32 sorted bf16']:.2f}x; ours32 fp32 / ours32 bf16: "
               f"{med['ours32 sorted'] / med['ours32 sorted bf16']:.2f}x", flush=True)
+
+    if args.flops:
+        gflop = {k: count_gflop(methods[k]) for k in names}
+        cfg = llm.model.config
+        rate = gemm_rate(32, cfg.hidden_size, cfg.intermediate_size)
+        print(f"\n## work (one untimed pass each; matrix products + attention kernel)")
+        print("| method | GFLOP | reference's work / method's | achieved GFLOP/s | vs ref16 time |")
+        print("|---|--:|--:|--:|--:|")
+        for k in names:
+            print(f"| {k} | {gflop[k]:.1f} | {gflop['ref16 (released)'] / gflop[k]:.2f}x | "
+                  f"{gflop[k] / med[k]:.1f} | {ref / med[k]:.2f}x |")
+        eff = (gflop["ours32 sorted"] / med["ours32 sorted"]) / (gflop["ref16 (released)"] / ref)
+        print(f"ours32 vs reference = work {gflop['ref16 (released)'] / gflop['ours32 sorted']:.2f}x "
+              f"x efficiency {eff:.2f}x; one thread's rate on a [32, {cfg.hidden_size}] x "
+              f"[{cfg.hidden_size}, {cfg.intermediate_size}] product: {rate:.1f} GFLOP/s (ours32 runs at "
+              f"{100 * gflop['ours32 sorted'] / med['ours32 sorted'] / rate:.0f} % of it)", flush=True)
 
     # --- where the time goes: prefill vs decoding (ours32 with one new token ~ prefill only) --
     t0 = time.perf_counter()

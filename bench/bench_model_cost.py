@@ -64,6 +64,7 @@ import numpy as np
 import torch
 from recbole.utils import init_seed
 
+from bench_extraction import gemm_rate
 from recbole_genair.paths import DATASET_DIR
 from recbole_genair.quick_start import build_config, prepare
 
@@ -226,7 +227,7 @@ def bench_backbone(backbone: str, args, extra: dict, genair_extra: dict) -> dict
            "inf": {k: med(v) for k, v in inf.items()}, "n_inf": len(inf["base"]),
            "eval_users": int(len(eval_batches[0])), "alpha": alpha, "setup_s": setup_s,
            "proj_gflop": (proj_fwd + proj_bwd) / 1e9, "ce_gflop": ce_flops / 1e9,
-           "n_items": n_rows, "feat_dim": emb.features.shape[1], "loss_type": cfg_b["loss_type"]}
+           "n_items": n_rows, "feat_dim": emb.features.shape[1], "proj_width": lin[0].out_features, "loss_type": cfg_b["loss_type"]}
     s = res["steps"]
     print(f"  {backbone}: base {1e3 * s['base']:.1f} ms/step, genair {1e3 * s['genair']:.1f}, "
           f"genair α=0 {1e3 * s['genair α=0']:.1f}, "
@@ -269,6 +270,17 @@ def report(results: List[dict], args, synthetic: bool) -> None:
     print(f"\nprojector per training step: {r0['n_items']} rows × {r0['feat_dim']} → MLP → 128: "
           f"{r0['proj_gflop']:.2f} GFLOP (forward + backward); CE scoring (logits over all items, fwd+bwd): "
           + ", ".join(f"{r['backbone']} {r['ce_gflop']:.2f}" for r in results) + " GFLOP")
+    # what the projector would have to run at for the epoch goal, against this thread's rate on
+    # the projector's own largest product (forward of its first Linear over every row)
+    rate = gemm_rate(r0["n_items"], r0["feat_dim"], r0["proj_width"])
+    print(f"one thread on [{r0['n_items']}, {r0['feat_dim']}] x [{r0['feat_dim']}, {r0['proj_width']}] (the projector's "
+          f"first product): {rate:.1f} GFLOP/s")
+    print("| backbone | projector GFLOP/s achieved | GFLOP/s it needs for epoch ratio ≤ 1.15 | needed / this thread's rate |")
+    print("|---|--:|--:|--:|")
+    for r in results:
+        s, L = r["steps"], r["load_per_batch"]
+        need = r["proj_gflop"] / (0.15 * (s["base"] + L))   # projector within 15 % of a base step, nothing else extra
+        print(f"| {r['backbone']} | {r['proj_gflop'] / s['projector']:.1f} | {need:.1f} | {need / rate:.2f}x |")
     print(f"calibration α = {r0['alpha']}"
           + ("; FEATURES ARE SYNTHETIC (random, ml-100k's PCA sizes 163 + 90): "
              "timings only" if synthetic else "; the data set's real archetype features"))
