@@ -68,11 +68,10 @@ import statistics
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
 from recbole_genair.archetypes.extract import generate_and_embed, teacher_forced
@@ -170,9 +169,9 @@ def run_reference(llm, prompt_ids, batches, max_new_tokens: int, keep: bool = Tr
     return results
 
 
-def bench_prompts(llm, items: int) -> tuple[List[str], List[List[int]], List[List[int]]]:
-    """The first ``items`` ml-100k items: (tokens, prompt ids, the reference's item-order batches)."""
-    tokens, prompts = load_prompts(ArchetypeJob(dataset="ml-100k"), prompt_spec_for("ml-100k"))
+def bench_prompts(llm, items: Optional[int], dataset: str = "ml-100k") -> tuple[List[str], List[List[int]], List[List[int]]]:
+    """The first ``items`` items (None: all): (tokens, prompt ids, the reference's item-order batches)."""
+    tokens, prompts = load_prompts(ArchetypeJob(dataset=dataset), prompt_spec_for(dataset))
     tokens, prompts = tokens[:items], prompts[:items]
     prompt_ids = encode_prompts(llm.tokenizer, prompts)
     n = len(prompt_ids)
@@ -368,7 +367,7 @@ def main() -> None:
         gflop = {k: count_gflop(methods[k]) for k in names}
         cfg = llm.model.config
         rate = gemm_rate(32, cfg.hidden_size, cfg.intermediate_size)
-        print(f"\n## work (one untimed pass each; matrix products + attention kernel)")
+        print("\n## work (one untimed pass each; matrix products + attention kernel)")
         print("| method | GFLOP | reference's work / method's | achieved GFLOP/s | vs ref16 time |")
         print("|---|--:|--:|--:|--:|")
         for k in names:

@@ -38,16 +38,16 @@ def child(keep: bool, batch_index: int) -> None:
 
     import torch
 
+    from bench_extraction import bench_prompts
     from recbole_genair.archetypes.extract import generate_and_embed
-    from recbole_genair.archetypes.llm import encode_prompts, load_llm
-    from recbole_genair.archetypes.pipeline import ArchetypeJob, load_prompts, plan_batches, prompt_spec_for
+    from recbole_genair.archetypes.llm import load_llm
+    from recbole_genair.archetypes.pipeline import plan_batches
 
     warnings.filterwarnings("ignore")
     logging.getLogger("transformers").setLevel(logging.ERROR)
     torch.set_num_threads(1)
-    tokens, prompts = load_prompts(ArchetypeJob(dataset="Amazon_Beauty"), prompt_spec_for("Amazon_Beauty"))
     llm = load_llm()
-    ids = encode_prompts(llm.tokenizer, prompts)
+    tokens, ids, _ = bench_prompts(llm, None, "Amazon_Beauty")
     batch = [ids[i] for i in plan_batches(tokens, ids, 32)[batch_index]]
     kw = dict(stop_ids=llm.stop_ids, pad_id=llm.pad_id)
     generate_and_embed(llm.model, batch[:4], max_new_tokens=2, **kw)          # warm-up
