@@ -127,6 +127,36 @@ def test_teacher_forced_rebuild_matches_one_pass(tiny_llama):
     torch.testing.assert_close(dec, batch.decoding, atol=1e-5, rtol=1e-4)
 
 
+def _tiny_other_family(family: str):
+    """Causal LMs whose stack is not ``.model``: GPT-2's ``.transformer``, Pythia's ``.gpt_neox``."""
+    from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
+    torch.manual_seed(0)
+    if family == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=32, n_layer=2, n_head=4, n_positions=128)).eval()
+    return GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=50, hidden_size=32, intermediate_size=64,
+                                            num_hidden_layers=2, num_attention_heads=4,
+                                            max_position_embeddings=128)).eval()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox"])
+def test_other_model_families_pool_the_last_layer_of_their_own_stack(family):
+    model = _tiny_other_family(family)
+    _, prompts = _prefixed_prompts()   # shared prefix: its cache is repeated per row
+    batch = generate_and_embed(model, prompts, max_new_tokens=5, stop_ids=[7], pad_id=0)
+    for row, prompt in enumerate(prompts):
+        pre, dec = _reference(model, prompt, batch.generated[row])
+        torch.testing.assert_close(batch.prefill[row], pre, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(batch.decoding[row], dec, atol=1e-5, rtol=1e-4)
+        one = generate_and_embed(model, [prompt], max_new_tokens=5, stop_ids=[7], pad_id=0)
+        assert one.generated[0] == batch.generated[row]
+    with torch.no_grad():   # greedy tokens are the model's own greedy continuation
+        ref = model.generate(torch.tensor([prompts[0]]), max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert batch.generated[0] == ref[0, len(prompts[0]):].tolist()[:len(batch.generated[0])]
+    pre, dec = teacher_forced(model, prompts, batch.generated, pad_id=0)
+    torch.testing.assert_close(pre, batch.prefill, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(dec, batch.decoding, atol=1e-5, rtol=1e-4)
+
+
 def _prefixed_prompts():
     """Prompts that, like real archetype prompts, share a template prefix of uneven suffixes."""
     rng = random.Random(2)
@@ -394,6 +424,31 @@ def test_an_item_whose_metadata_changed_is_generated_again_and_only_it(reference
     assert pipeline.run(_job(root, gguf_cache))["generated_now"] == 1
 
 
+def test_committed_ml100k_texts_carry_the_checksums_of_the_prompts_the_item_file_builds(
+        reference_run, tmp_path, gguf_cache):
+    """The embedded default's texts name the prompt each was made from, so an edit of an item's
+    metadata (even one that keeps the prompt's length) makes that item due again."""
+    from transformers import AutoTokenizer
+
+    from recbole_genair.archetypes.llm import DEFAULT_LLM, encode_prompts, gguf_cache_path, resolve_llm
+
+    src = DATASET_DIR / "ml-100k"
+    if not (src / "ml-100k.item").is_file():
+        from recbole_genair.data.converters import convert
+        convert("ml-100k", out_dir=tmp_path, progress=False)
+        src = tmp_path / "ml-100k"
+    job = pipeline.ArchetypeJob(dataset="ml-100k", dataset_dir=src.parent)
+    tokens, prompts = pipeline.load_prompts(job, pipeline.prompt_spec_for("ml-100k"))
+    copy_made_by_the_reference_run = gguf_cache_path(*resolve_llm(DEFAULT_LLM), gguf_cache)
+    tokenizer = AutoTokenizer.from_pretrained(copy_made_by_the_reference_run)
+    ids = dict(zip(tokens, encode_prompts(tokenizer, prompts)))
+    records = pipeline.read_texts(pipeline.texts_path(DATASET_DIR / "ml-100k", "ml-100k"))
+    assert set(records) == set(tokens)
+    assert all("prompt_crc" in r and pipeline.same_prompt(r, ids[t]) for t, r in records.items())
+    edited = dict(records["1"], n_prompt=len(ids["1"]))
+    assert not pipeline.same_prompt(edited, ids["1"][:-2] + ids["1"][-1:] + ids["1"][-2:-1])  # same length
+
+
 def test_texts_written_before_prompt_checksums_are_matched_by_prompt_length(reference_run, tmp_path, gguf_cache):
     root = tmp_path / "copy"
     shutil.copytree(reference_run, root, ignore=shutil.ignore_patterns("cache"))
@@ -484,6 +539,16 @@ def test_exported_texts_let_a_fresh_checkout_resume_without_regenerating(referen
     monkeypatch.setattr(pipeline, "_run_batch", real)
     assert pipeline.export_texts(_job(root, gguf_cache))["exported"] == 2
     shutil.rmtree(root / "ml-100k" / "archetypes" / "cache")  # a fresh clone has only the texts
+    texts = pipeline.texts_path(root / "ml-100k", "ml-100k")
+    exported = texts.read_bytes()
+    assert pipeline.export_texts(_job(root, gguf_cache))["exported"] == 2  # an empty cache drops nothing
+    assert texts.read_bytes() == exported
+    other = _job(root, gguf_cache)
+    other.generation = pipeline.GenerationSettings(max_new_tokens=3)
+    with pytest.raises(pipeline.ArchetypeError, match=r"other settings \(generation\.max_new_tokens: 4 -> 3"):
+        pipeline.export_texts(other)   # nothing made with these settings: never replaces the texts
+    assert texts.read_bytes() == exported
+    shutil.rmtree(root / "ml-100k" / "archetypes" / "cache")
     summary = pipeline.run(_job(root, gguf_cache))
     assert summary["generated_now"] == N_ITEMS - 2
     _, got = read_feature_file(root / "ml-100k" / "ml-100k.archetype", ["prefill_emb", "decoding_emb"])

@@ -605,3 +605,4 @@ def test_committed_beauty_archetypes_cover_the_converted_items(tmp_path):
     with open(DATASET_DIR / "Amazon_Beauty" / "archetypes" / "Amazon_Beauty.archetypes.jsonl") as fh:
         texts = [json.loads(line) for line in fh]
     assert {t["item_id"] for t in texts} == tokens and all(t["archetype"].strip() for t in texts)
+    assert all("prompt_crc" in t for t in texts)  # an edited item's prompt no longer matches its text

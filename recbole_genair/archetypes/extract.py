@@ -107,6 +107,17 @@ def _forward_shared(decoder, seqs: Sequence[Sequence[int]], k: int, pad_id: int,
     return out, prefix_sum, mask, own, pos
 
 
+def body(model):
+    """The transformer stack under a causal LM's head, whose ``last_hidden_state`` is the last
+    layer's (final norm included): ``model.model`` for Llama/Qwen/Mistral, ``.transformer`` for
+    GPT-2, ``.gpt_neox`` for Pythia.  ``get_decoder()`` would return the whole LM for the latter two."""
+    stack = model.base_model
+    if stack is model:
+        raise TypeError(f"{type(model).__name__} has no base model under its LM head "
+                        f"(base_model_prefix {model.base_model_prefix!r})")
+    return stack
+
+
 def _shared_length(prompt_ids: Sequence[Sequence[int]], share_prefix: bool) -> int:
     return common_prefix_length(prompt_ids) if share_prefix and len(prompt_ids) > 1 else 0
 
@@ -145,7 +156,7 @@ def generate_and_embed(model, prompt_ids: Sequence[Sequence[int]], *, max_new_to
     if isinstance(generator, (list, tuple)) and len(generator) != len(prompt_ids):
         raise ValueError(f"{len(generator)} generators for {len(prompt_ids)} prompts")
     device = next(model.parameters()).device
-    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    decoder, head = body(model), model.get_output_embeddings()
     last, prefill, cache, mask, last_pos = _prefill(decoder, prompt_ids, pad_id, device, share_prefix)
     logits = head(last)
 
@@ -192,7 +203,7 @@ def teacher_forced(model, prompt_ids: Sequence[Sequence[int]], generated: Sequen
     device = next(model.parameters()).device
     k = _shared_length(prompt_ids, share_prefix)
     full = [list(p) + list(g) for p, g in zip(prompt_ids, generated)]
-    out, prefix_sum, _, own, _ = _forward_shared(model.get_decoder(), full, k, pad_id, device, keep_cache=False)
+    out, prefix_sum, _, own, _ = _forward_shared(body(model), full, k, pad_id, device, keep_cache=False)
     hidden = out.last_hidden_state.float()
     length = own.shape[1]
     pmask = torch.zeros_like(own, dtype=hidden.dtype)

@@ -347,17 +347,47 @@ def export_texts(job: ArchetypeJob) -> dict:
     """Write the texts of the items generated so far (to commit a run that is not finished).
 
     A later ``run`` with the same settings picks them up (:func:`seed_from_texts`), so the
-    expensive generation survives a fresh checkout.
+    expensive generation survives a fresh checkout.  Records the texts file already holds for
+    the current prompts are kept even when the cache lacks them; texts made with other settings
+    are never replaced (:func:`_texts_to_keep`).
     """
     spec = prompt_spec_for(job.dataset)
     tokens, prompts = load_prompts(job, spec)
     llm = _driver_llm(job)
     settings = job_settings(job, llm, spec)
     store = ShardStore(job.data_dir / "archetypes" / "cache", settings)
-    results = store.collect(expected_prompts(tokens, encode_prompts(llm.tokenizer, prompts))).results
+    prompt_ids = encode_prompts(llm.tokenizer, prompts)
+    results = store.collect(expected_prompts(tokens, prompt_ids)).results
+    results.update(_texts_to_keep(job, store, settings, tokens, prompt_ids, set(results)))
     done = [t for t in tokens if t in results]
     write_texts(job, done, [results[t] for t in done], llm, settings, complete=len(done) == len(tokens))
     return {"exported": len(done), "items": len(tokens), "texts": str(texts_path(job.data_dir, job.dataset))}
+
+
+def _texts_to_keep(job: ArchetypeJob, store: ShardStore, settings: dict, tokens, prompt_ids,
+                   done: set) -> Dict[str, tuple]:
+    """Records of the texts file an export must carry over: those of current prompts that the
+    cache lacks (say a fresh checkout whose cache was never seeded from them), as result rows
+    without embeddings.  An export never replaces texts made with other settings, nor writes
+    an empty file."""
+    path, meta_file = texts_path(job.data_dir, job.dataset), meta_path(job.data_dir, job.dataset)
+    where = f"the cache for these settings ({store.dir})"
+    kept: Dict[str, tuple] = {}
+    if path.is_file():
+        if not meta_file.is_file() or json.loads(meta_file.read_text()).get("key") != store.key:
+            changes = _recorded_changes(meta_file, settings) if meta_file.is_file() else ["no run record"]
+            raise ArchetypeError(
+                f"not exported: {path} holds texts made with other settings ({'; '.join(changes)}) and "
+                f"exporting {where} would replace them; export with the settings they record, or move "
+                "the file away first")
+        index = {t: i for i, t in enumerate(tokens)}
+        kept = {t: (None, None, rec["n_prompt"], rec["generated_ids"], rec["stopped"],
+                    rec.get("prompt_crc", MISSING_CRC))
+                for t, rec in read_texts(path).items()
+                if t in index and t not in done and same_prompt(rec, prompt_ids[index[t]])}
+    if not done and not kept:
+        raise ArchetypeError(f"not exported: no item has an archetype in {where}")
+    return kept
 
 
 def expected_prompts(tokens, prompt_ids) -> Dict[str, tuple]:
