@@ -86,22 +86,25 @@ def test_eval_cache_matches_uncached_scores_and_is_rebuilt_after_a_step(fast_con
         assert model.item_embedding.weight is not cached
         torch.testing.assert_close(model.item_embedding.weight, model.item_embedding.project())
     assert not torch.allclose(after, first)
-    # a fused optimizer updates parameters in place without bumping their version counter
+    # a fused optimizer updates parameters in place without bumping their version counter,
+    # also on a loss of the user's own that never enters the model's training step
     fused = torch.optim.Adam(model.parameters(), lr=1e-2, fused=True)
-    with torch.no_grad():
-        cached = model.item_embedding.weight
-    loss = model.calculate_loss(next(iter(train)))
-    fused.zero_grad()
-    loss.backward()
-    fused.step()
-    with torch.no_grad():
-        torch.testing.assert_close(model.item_embedding.weight, model.item_embedding.project())
+    for own_loss in (False, True):
+        with torch.no_grad():
+            cached = model.item_embedding.weight
+        loss = model.item_embedding.project().sum() if own_loss else model.calculate_loss(next(iter(train)))
+        fused.zero_grad()
+        loss.backward()
+        fused.step()
+        with torch.no_grad():
+            assert not torch.allclose(model.item_embedding.weight, cached)
+            torch.testing.assert_close(model.item_embedding.weight, model.item_embedding.project())
 
 
 @pytest.mark.parametrize("backbone", ["SASRec", "BERT4Rec"])
 def test_loss_is_rank_loss_plus_alpha_times_calibration(fast_config, backbone):
     dataset, (train, _, _), model, _ = _prepare(fast_config, backbone=backbone, calibration_alpha=0.1,
-                                                calibration_gamma=2.0)
+                                                calibration_gamma=0.7, calibration_t=1.3)
     interaction = next(iter(train))
     model.train()
     torch.manual_seed(0)
@@ -122,8 +125,8 @@ def test_loss_is_rank_loss_plus_alpha_times_calibration(fast_config, backbone):
     for a in range(len(ids)):
         for b in range(len(ids)):
             if a != b:
-                w = math.exp(-2.0 * s[ids[a], ids[b]])
-                acc += w * math.exp(-2.0 * float(((e[a] - e[b]) ** 2).sum()))
+                w = math.exp(-0.7 * s[ids[a], ids[b]])      # gamma and t differ: a swap shows
+                acc += w * math.exp(-1.3 * float(((e[a] - e[b]) ** 2).sum()))
                 total_pairs += 1
     assert calibration is not None
     torch.testing.assert_close(total - rank, torch.tensor(0.1 * acc / total_pairs), atol=1e-5, rtol=1e-4)

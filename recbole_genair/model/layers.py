@@ -29,11 +29,13 @@ their own ``forward``/``calculate_loss``/``predict``/``full_sort_predict`` uncha
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 
 def make_projector(in_dim: int, out_dim: int, layers: int = 2, width: Optional[int] = None,
@@ -62,14 +64,29 @@ def standardize_columns(rows: torch.Tensor) -> torch.Tensor:
     return (rows - rows.mean(dim=0)) / std
 
 
+_TABLES: "weakref.WeakSet[CachedTable]" = weakref.WeakSet()
+
+
+def _drop_eval_tables(optimizer, args, kwargs) -> None:
+    """After any optimizer step: a fused optimizer updates parameters in place without bumping
+    their version counters, so a cached eval table could not tell it is stale."""
+    for table in list(_TABLES):
+        table._eval_table, table._eval_key = None, None
+
+
+register_optimizer_step_post_hook(_drop_eval_tables)
+
+
 class CachedTable(nn.Module):
     """An ``nn.Embedding`` look-alike whose table :meth:`compute_table` derives from parameters.
 
     ``.weight`` is the whole table and calling the module looks rows up; inside
     :meth:`step` the table is computed once and shared (or, in a sparse step, only the rows
     looked up, when the subclass can compute rows); in eval mode without grad it is
-    cached until a parameter or buffer changes (optimizer step, ``load_state_dict``) or the
-    module goes back to training.  GenAIR's table and the baselines' tables derive from it.
+    cached until a parameter or buffer changes (any optimizer's step, ``load_state_dict``, an
+    in-place edit of a parameter) or the module goes back to training.  An edit through
+    ``.data`` bypasses autograd's version counter and is not seen: call ``train()`` after one.
+    GenAIR's table and the baselines' tables derive from it.
     """
 
     num_embeddings: int
@@ -81,6 +98,7 @@ class CachedTable(nn.Module):
         self._sparse_step = False
         self._eval_table: Optional[torch.Tensor] = None
         self._eval_key: Optional[tuple] = None
+        _TABLES.add(self)
 
     def compute_table(self) -> torch.Tensor:
         raise NotImplementedError
@@ -126,9 +144,6 @@ class CachedTable(nn.Module):
             yield self._step_table
         finally:
             self._step_table, self._sparse_step = None, False
-            # the optimizer step that follows may change parameters without bumping their
-            # version (fused Adam on torch 2.13 does not): no eval table survives a step
-            self._eval_table, self._eval_key = None, None
 
     def train(self, mode: bool = True):
         self._eval_table, self._eval_key = None, None
