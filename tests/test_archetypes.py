@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import random
 import shutil
@@ -449,12 +450,31 @@ def test_committed_ml100k_texts_carry_the_checksums_of_the_prompts_the_item_file
     assert not pipeline.same_prompt(edited, ids["1"][:-2] + ids["1"][-1:] + ids["1"][-2:-1])  # same length
 
 
+def test_texts_beside_the_record_of_another_write_are_not_trusted(reference_run, tmp_path, gguf_cache):
+    """A kill between writing the texts and their run record leaves one run's texts beside the
+    other's record: the record names the texts it describes (``texts_sha1``), so they are not reused."""
+    root = tmp_path / "copy"
+    shutil.copytree(reference_run, root, ignore=shutil.ignore_patterns("cache"))
+    texts = pipeline.texts_path(root / "ml-100k", "ml-100k")
+    assert pipeline.texts_run_record(_job(root, gguf_cache))["texts_sha1"]
+    records = [json.loads(line) for line in texts.read_text().splitlines()]
+    records[0]["generated_ids"] = records[0]["generated_ids"][:-1]   # other texts, same items
+    texts.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    with pytest.raises(pipeline.TextsRecordMismatch, match="texts_sha1"):
+        pipeline.verify_texts(_job(root, gguf_cache))
+    with pytest.raises(pipeline.TextsRecordMismatch):
+        pipeline.rebuild_from_texts(_job(root, gguf_cache))
+    assert pipeline.run(_job(root, gguf_cache))["generated_now"] == N_ITEMS   # none taken from them
+
+
 def test_texts_written_before_prompt_checksums_are_matched_by_prompt_length(reference_run, tmp_path, gguf_cache):
     root = tmp_path / "copy"
     shutil.copytree(reference_run, root, ignore=shutil.ignore_patterns("cache"))
     texts = root / "ml-100k" / "archetypes" / "ml-100k.archetypes.jsonl"
     old = [{k: v for k, v in json.loads(line).items() if k != "prompt_crc"} for line in texts.read_text().splitlines()]
     texts.write_text("\n".join(json.dumps(r) for r in old) + "\n")
+    meta_file = pipeline.meta_path(root / "ml-100k", "ml-100k")   # nor did their record name them
+    meta_file.write_text(json.dumps({k: v for k, v in json.loads(meta_file.read_text()).items() if k != "texts_sha1"}))
     assert pipeline.run(_job(root, gguf_cache))["generated_now"] == 0      # all 6 rebuilt by teacher forcing
     _, got = read_feature_file(root / "ml-100k" / "ml-100k.archetype", ["decoding_emb"])
     _, ref = read_feature_file(reference_run / "ml-100k" / "ml-100k.archetype", ["decoding_emb"])
@@ -569,6 +589,11 @@ def test_verify_texts_regenerates_committed_ids_and_names_the_items_that_differ(
     records = [json.loads(l) for l in texts.read_text().splitlines()]
     records[3]["generated_ids"] = records[3]["generated_ids"][:-1] + [records[3]["generated_ids"][-1] + 1]
     texts.write_text("\n".join(json.dumps(r) for r in records[:5]) + "\n")  # and one item left out
+    with pytest.raises(pipeline.TextsRecordMismatch):  # not the texts the record describes
+        pipeline.verify_texts(_job(root, gguf_cache))
+    meta_file = pipeline.meta_path(root / "ml-100k", "ml-100k")  # a consistent record of texts that differ
+    meta = json.loads(meta_file.read_text())
+    meta_file.write_text(json.dumps(dict(meta, texts_sha1=hashlib.sha1(texts.read_bytes()).hexdigest())))
     report = pipeline.verify_texts(_job(root, gguf_cache))
     assert report["mismatched"] == [records[3]["item_id"]]
     assert report["not_in_texts"] == [records[5]["item_id"]] and report["items_checked"] == N_ITEMS - 1
@@ -589,6 +614,37 @@ def test_llm_identity_is_the_gguf_content_not_where_it_is_installed(tiny_llama, 
     here, there = loaded(tmp_path / "venv_a", b"weights"), loaded(tmp_path / "venv_b", b"weights")
     assert here == there and str(tmp_path) not in json.dumps(here)
     assert loaded(tmp_path / "venv_c", b"weightz")["gguf_sha256"] != here["gguf_sha256"]
+
+
+def test_a_local_checkpoint_saved_again_into_its_directory_is_another_llm(tiny_llama, tmp_path):
+    from recbole_genair.archetypes.llm import file_sha256
+
+    def identity(model) -> dict:
+        model.save_pretrained(tmp_path / "ckpt")
+        file_sha256.cache_clear()   # a new process would hash the file afresh
+        return LoadedLLM(model=model, tokenizer=None, name=str(tmp_path / "ckpt"), source=str(tmp_path / "ckpt"),
+                         gguf_file=None, stop_ids=[2], pad_id=0).identity()
+
+    before = identity(tiny_llama)
+    assert before == identity(tiny_llama) and "model.safetensors" in before["weights_sha256"]
+    tuned = copy.deepcopy(tiny_llama)
+    with torch.no_grad():
+        tuned.model.layers[1].mlp.down_proj.weight.add_(0.01)   # a fine-tune of the middle of the stack
+    assert identity(tuned) != before
+    assert pipeline.settings_key({"llm": identity(tuned)}) != pipeline.settings_key({"llm": before})
+    hub = LoadedLLM(model=tiny_llama, tokenizer=None, name="org/model", source="org/model", gguf_file=None,
+                    stop_ids=[2], pad_id=0)
+    assert "revision" in hub.identity()
+
+
+def test_a_limited_smoke_run_keeps_its_own_cache(tiny_llama):
+    """``--limit`` plans its batches over fewer items: the full run must not mix them in."""
+    llm = LoadedLLM(model=tiny_llama, tokenizer=None, name="org/model", source="org/model", gguf_file=None,
+                    stop_ids=[2], pad_id=0)
+    spec = pipeline.prompt_spec_for("ml-100k")
+    key = lambda **kw: pipeline.settings_key(pipeline.job_settings(pipeline.ArchetypeJob("ml-100k", **kw), llm, spec))
+    assert key(limit=64) != key() == key(limit=None)
+    assert key(limit=64) != key(limit=32)
 
 
 def test_a_gguf_llm_is_dequantised_once_and_its_kept_copy_is_the_same_model(reference_run, monkeypatch, gguf_cache):
@@ -726,8 +782,8 @@ def test_the_default_settings_are_those_of_the_committed_texts(name):
     """With the CLI's defaults the step reuses (and --verify-texts checks) the committed texts:
     a default that drifts from them (batch size 16 vs 32 once) regenerated every item."""
     from recbole_genair.archetypes.store import settings_key
-    meta_file = DATASET_DIR / name / "archetypes" / f"{name}.archetypes.meta.json"
     job = pipeline.ArchetypeJob(dataset=name)
+    meta = pipeline.texts_run_record(job)   # and the record describes the committed texts
     settings = pipeline.job_settings(job, pipeline._driver_llm(job), pipeline.prompt_spec_for(name))
-    assert pipeline._recorded_changes(meta_file, settings) == []
-    assert settings_key(settings) == json.loads(meta_file.read_text())["key"]
+    assert pipeline._recorded_changes(meta, settings) == []
+    assert settings_key(settings) == meta["key"] and meta["texts_sha1"]

@@ -39,6 +39,9 @@ GGUF_CACHE_DIR = Path.home() / ".cache" / "recbole_genair" / "gguf"
 GQA_SDPA = "genair_sdpa_gqa"
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
 class LLMNotFoundError(RuntimeError):
     """The requested LLM cannot be found locally; the message says how to get it."""
 
@@ -63,14 +66,24 @@ class LoadedLLM:
         """What the outputs depend on, and nothing about where the model is installed.
 
         A GGUF file is identified by its name and content hash, so texts made in one
-        environment are recognised (and reused) in another; a Hugging Face id or a directory
-        by what the user passed.
+        environment are recognised (and reused) in another; a local directory by what the user
+        passed and the content hash of each weight file (a checkpoint saved again into the same
+        directory is another model); a Hugging Face id by the id and the resolved commit.
         """
         ident = {"llm": Path(self.name).name if self.gguf_file else self.name, "gguf_file": self.gguf_file,
                  "architecture": type(self.model).__name__, "hidden_size": self.hidden_size,
                  "num_layers": int(self.model.config.num_hidden_layers)}
         if self.gguf_file:
             ident["gguf_sha256"] = file_sha256(Path(self.source) / self.gguf_file)
+        elif Path(self.source).is_dir():
+            files = sorted(p for p in Path(self.source).iterdir() if p.suffix in WEIGHT_SUFFIXES)
+            if not files:
+                raise LLMNotFoundError(f"{self.source}: no weight file ({', '.join(WEIGHT_SUFFIXES)})")
+            logger.info("hashing the weights in %s (what identifies the model in caches; once per process)",
+                        self.source)
+            ident["weights_sha256"] = {p.name: file_sha256(p) for p in files}
+        else:
+            ident["revision"] = getattr(self.model.config, "_commit_hash", None)
         return ident
 
 

@@ -21,6 +21,7 @@ only the batches in flight and no disk is shared with the workers.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import multiprocessing as mp
@@ -238,6 +239,8 @@ def job_settings(job: ArchetypeJob, llm: LoadedLLM, spec: PromptSpec) -> dict:
     return {"llm": llm.identity(), "prompt": spec.as_dict(),
             "chat_template_crc": zlib.crc32(template.encode()) if template else None,
             "generation": job.generation.as_dict(), "batch_size": job.batch_size,
+            # a --limit run plans its batches over fewer items: its results stay out of the full run's
+            **({"limit": job.limit} if job.limit else {}),
             # sampled runs of earlier versions seeded each batch, not each item: never mixed in
             **({"sampling_seeds": "per item"} if job.generation.do_sample else {})}
 
@@ -312,6 +315,30 @@ def meta_path(data_dir: Path, dataset: str) -> Path:
     return data_dir / "archetypes" / f"{dataset}.archetypes.meta.json"
 
 
+class TextsRecordMismatch(ArchetypeError):
+    """The texts file is not the one its run record describes."""
+
+
+def texts_run_record(job: ArchetypeJob) -> Optional[dict]:
+    """The run record of the texts file (``None``: no texts file or no record).
+
+    An error when the record was written for other contents: a write interrupted between the
+    two files (texts of one run beside the record of another) or an edit of the texts.
+    Records written before they named their texts (``texts_sha1``) are taken as they are.
+    """
+    path, meta_file = texts_path(job.data_dir, job.dataset), meta_path(job.data_dir, job.dataset)
+    if not (path.is_file() and meta_file.is_file()):
+        return None
+    meta = json.loads(meta_file.read_text())
+    content = path.read_bytes().replace(b"\r\n", b"\n")   # as written, whatever a checkout did to line ends
+    if meta.get("texts_sha1") not in (None, hashlib.sha1(content).hexdigest()):
+        raise TextsRecordMismatch(
+            f"{path} is not the file its run record {meta_file} describes (texts_sha1): a write "
+            "interrupted between the two, or an edit; re-run the command that wrote them, or restore "
+            "both from version control")
+    return meta
+
+
 def write_texts(job: ArchetypeJob, tokens, rows, llm: LoadedLLM, settings: dict,
                 complete: bool = True) -> None:
     """The archetype texts and generated ids (all items, or the finished part when exporting)."""
@@ -323,9 +350,11 @@ def write_texts(job: ArchetypeJob, tokens, rows, llm: LoadedLLM, settings: dict,
         lines.append(json.dumps(record, ensure_ascii=False))
     path = texts_path(job.data_dir, job.dataset)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n"
+    atomic_write_text(path, text)
+    # the record names the contents it describes: a kill between the two writes is detected
     meta = {"dataset": job.dataset, "settings": settings, "key": settings_key(settings),
-            "items": len(tokens), "complete": complete}
+            "items": len(tokens), "complete": complete, "texts_sha1": hashlib.sha1(text.encode()).hexdigest()}
     atomic_write_text(meta_path(job.data_dir, job.dataset),
                       json.dumps(meta, indent=2, sort_keys=True, default=str))
 
@@ -370,12 +399,13 @@ def _texts_to_keep(job: ArchetypeJob, store: ShardStore, settings: dict, tokens,
     cache lacks (say a fresh checkout whose cache was never seeded from them), as result rows
     without embeddings.  An export never replaces texts made with other settings, nor writes
     an empty file."""
-    path, meta_file = texts_path(job.data_dir, job.dataset), meta_path(job.data_dir, job.dataset)
+    path = texts_path(job.data_dir, job.dataset)
     where = f"the cache for these settings ({store.dir})"
     kept: Dict[str, tuple] = {}
     if path.is_file():
-        if not meta_file.is_file() or json.loads(meta_file.read_text()).get("key") != store.key:
-            changes = _recorded_changes(meta_file, settings) if meta_file.is_file() else ["no run record"]
+        meta = texts_run_record(job)
+        if meta is None or meta.get("key") != store.key:
+            changes = _recorded_changes(meta, settings) if meta is not None else ["no run record"]
             raise ArchetypeError(
                 f"not exported: {path} holds texts made with other settings ({'; '.join(changes)}) and "
                 f"exporting {where} would replace them; export with the settings they record, or move "
@@ -404,10 +434,14 @@ def same_prompt(record: dict, ids) -> bool:
 def seed_from_texts(job: ArchetypeJob, store: ShardStore, tokens, prompt_ids, done: set) -> set:
     """Fill the cache from a texts file made with the same settings (teacher forcing, no generation)."""
     path = texts_path(job.data_dir, job.dataset)
-    meta_file = meta_path(job.data_dir, job.dataset)
-    if not (path.is_file() and meta_file.is_file()):
+    try:
+        meta = texts_run_record(job)
+    except TextsRecordMismatch as exc:
+        logger.warning("%s: not reused", exc)
         return set()
-    if json.loads(meta_file.read_text()).get("key") != store.key:
+    if meta is None:
+        return set()
+    if meta.get("key") != store.key:
         logger.info("%s was made with other settings: not reused", path)
         return set()
     index = {t: i for i, t in enumerate(tokens)}
@@ -435,10 +469,10 @@ def _settings_diff(recorded, current, path: str = "") -> List[str]:
     return [] if recorded == current else [f"{path.rstrip('.')}: {recorded!r} -> {current!r}"]
 
 
-def _recorded_changes(meta_file: Path, settings: dict, keys: Optional[Sequence[str]] = None) -> List[str]:
+def _recorded_changes(meta: dict, settings: dict, keys: Optional[Sequence[str]] = None) -> List[str]:
     """``key: recorded -> current`` for each setting (or each of ``keys``) that differs from the
-    settings recorded in ``meta_file``."""
-    recorded = json.loads(json.dumps(json.loads(meta_file.read_text()).get("settings", {}), default=str))
+    settings recorded in the run record ``meta``."""
+    recorded = json.loads(json.dumps(meta.get("settings", {}), default=str))
     current = json.loads(json.dumps(settings, default=str))
     if keys is not None:
         recorded, current = ({k: d.get(k) for k in keys} for d in (recorded, current))
@@ -461,13 +495,14 @@ def verify_texts(job: ArchetypeJob, sample: Optional[int] = None, seed: int = 0)
     """
     spec = prompt_spec_for(job.dataset)
     tokens, prompts = load_prompts(job, spec)
-    path, meta_file = texts_path(job.data_dir, job.dataset), meta_path(job.data_dir, job.dataset)
-    if not (path.is_file() and meta_file.is_file()):
+    path = texts_path(job.data_dir, job.dataset)
+    meta = texts_run_record(job)
+    if meta is None:
         raise ArchetypeError(f"{path} (and its .meta.json) not found: nothing to verify")
     records = read_texts(path)
     llm = _driver_llm(job)
     settings = job_settings(job, llm, spec)
-    diff = _recorded_changes(meta_file, settings)
+    diff = _recorded_changes(meta, settings)
     if diff:
         raise ArchetypeError(f"{path} was made with other settings; pass the recorded ones "
                              f"(recorded -> given): " + "; ".join(diff))
@@ -640,10 +675,11 @@ def rebuild_from_texts(job: ArchetypeJob) -> dict:
     settings = job_settings(job, llm, spec)
     # the hidden states must come from the LLM and prompt the texts were generated with (the
     # meta file keeps describing them); generation settings do not enter teacher forcing
-    meta_file = meta_path(job.data_dir, job.dataset)
-    if not meta_file.is_file():
-        raise ArchetypeError(f"{meta_file} not found: which LLM and prompt made {path} is unknown")
-    diff = _recorded_changes(meta_file, settings, TEACHER_FORCING_KEYS)
+    meta = texts_run_record(job)
+    if meta is None:
+        raise ArchetypeError(f"{meta_path(job.data_dir, job.dataset)} not found: which LLM and prompt "
+                             f"made {path} is unknown")
+    diff = _recorded_changes(meta, settings, TEACHER_FORCING_KEYS)
     if diff:
         raise ArchetypeError(f"{path} was generated with another LLM or prompt (recorded -> given): "
                              + "; ".join(diff))

@@ -105,8 +105,7 @@ class ShardStore:
         """Commit ``shard`` as a new file; never replaces one already there.
 
         A re-run writes the items a batch left unfinished (say one failed item) under that
-        batch's number again, and a ``--limit`` run numbers its batches over a shorter plan:
-        replacing the existing file would drop the items it holds.  So the first free name
+        batch's number again: replacing the existing file would drop the items it holds.  So the first free name
         ``batch_<b>.npz``, ``batch_<b>.1.npz``, ... is taken, with ``os.link`` (which fails
         rather than overwrite) after the data are on disk.
         """
