@@ -7,6 +7,7 @@ import scipy.sparse as sp
 
 import recbole_genair.data.cooccurrence as cooc
 from recbole_genair.data.cooccurrence import (
+    held_out, training_item_counts,
     cooccurrence_counts, load_cooccurrence, naive_cooccurrence_counts, normalized_scores, save_cooccurrence,
 )
 
@@ -130,9 +131,24 @@ def test_timestamp_ties_keep_input_order(algorithm):
     assert c[4, 3] == 1 and c.nnz == 2
 
 
-def test_short_users_and_empty_input(algorithm):
-    c = cooccurrence_counts(np.array([1, 1, 2]), np.array([1, 2, 3]), np.array([0, 1, 0]), n_items=4)
-    assert c.shape == (4, 4) and c.nnz == 0
+def test_short_users_keep_what_recboles_split_trains_on(algorithm):
+    """RecBole's leave-one-out holds out min(2, n-2) of a user's n interactions: a 2-item user
+    trains on both, a 3-item one on its first two (test item only), a 4-item one on its first two."""
+    seqs = {1: [1, 2], 2: [3, 4, 5], 3: [6, 7, 8, 9], 4: [1, 3, 6, 7, 2], 5: [9]}
+    users = np.array([u for u, s in seqs.items() for _ in s])
+    items = np.array([i for s in seqs.values() for i in s])
+    times = np.array([t for s in seqs.values() for t in range(len(s))])
+    c = cooccurrence_counts(users, items, times, n_items=10)
+    pairs = {(i, j): int(c[i, j]) for i, j in zip(*c.nonzero()) if i < j}
+    assert pairs == {(1, 2): 1, (3, 4): 1, (6, 7): 1, (1, 3): 1, (1, 6): 1, (3, 6): 1}
+    assert (c != naive_cooccurrence_counts(users, items, times, n_items=10)).nnz == 0
+    valid_only = cooccurrence_counts(users, items, times, n_items=10, holdout=1)
+    assert valid_only[3, 4] == 1 and valid_only[4, 5] == 0 and valid_only[7, 8] == 1 and valid_only[8, 9] == 0
+    assert [held_out(n, 2) for n in range(6)] == [0, 1, 0, 1, 2, 2]
+    assert training_item_counts(users, items, times, n_items=10).tolist() == [0, 2, 1, 2, 1, 0, 2, 1, 0, 0]
+
+
+def test_empty_input(algorithm):
     empty = cooccurrence_counts(np.array([], dtype=int), np.array([], dtype=int), np.array([]), n_items=3)
     assert empty.shape == (3, 3) and empty.nnz == 0
 

@@ -315,6 +315,43 @@ def test_calibration_counts_are_those_of_recboles_training_split(fast_config):
     assert (dataset.item_cooccurrence != expected).nnz == 0 and expected.nnz > 0
 
 
+def test_calibration_counts_of_short_users_follow_recboles_split(fast_config, tmp_path):
+    """Users with 2 or 3 interactions (the paper's Fashion and Yelp have many with 3): RecBole
+    trains on both items of a 2-item user and on the first two of a 3-item user; the counts
+    take exactly the pairs of the sequences RecBole trains on."""
+    from itertools import combinations
+
+    from recbole.data import data_preparation
+
+    from recbole_genair.quick_start import create_dataset
+    data = tmp_path / "data" / "tiny"
+    data.mkdir(parents=True)
+    seqs = {"a": ["i1", "i2", "i3"], "b": ["i4", "i5"], "c": ["i1", "i6", "i7", "i8", "i9"],
+            "d": ["i2", "i6", "i4", "i5"], "e": ["i7"]}
+    (data / "tiny.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n" + "".join(
+        f"{u}\t{i}\t{t}\n" for u, items in seqs.items() for t, i in enumerate(items)))
+    (data / "tiny.archetype").write_text("item_id:token\tprefill_emb:float_seq\tdecoding_emb:float_seq\n" + "".join(
+        f"i{k}\t{k} 0\t0 {k}\n" for k in range(1, 10)))
+    config = build_config("SASRec", "tiny", "genair", config_dict=dict(
+        fast_config, data_path=str(tmp_path / "data"), eval_negatives=0, user_inter_num_interval=None,
+        item_inter_num_interval=None))
+    dataset = create_dataset(config)
+    train, _, _ = data_preparation(config, dataset)
+    feat, tok = train._dataset.inter_feat, dataset.field2id_token["item_id"]
+    trained: dict = {}
+    for user, seq, length, target in zip(feat["user_id"].tolist(), feat["item_id_list"].tolist(),
+                                         feat["item_length"].tolist(), feat["item_id"].tolist()):
+        trained.setdefault(user, set()).update(seq[:length] + [target])
+    assert {frozenset(tok[i] for i in v) for v in trained.values()} == {   # what RecBole trains on
+        frozenset({"i1", "i2"}), frozenset({"i4", "i5"}), frozenset({"i1", "i6", "i7"}), frozenset({"i2", "i6"})}
+    expected = np.zeros((dataset.item_num, dataset.item_num), dtype=np.int64)
+    for items in trained.values():
+        for i, j in combinations(sorted(items), 2):
+            expected[i, j] += 1
+            expected[j, i] += 1
+    np.testing.assert_array_equal(dataset.item_cooccurrence.toarray(), expected)
+
+
 def test_calibration_counts_follow_the_leave_one_out_split_and_refuse_others(fast_config):
     from recbole_genair.data.dataset import held_out_per_user
     split = lambda s: build_config("SASRec", "ml-100k", "genair", config_dict=dict(

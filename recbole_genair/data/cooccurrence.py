@@ -6,9 +6,10 @@ item pairs that users actually consume together.  Its pair weights come from
 * Eq. 10 — ``C(i, j)``: the number of users whose *training* sequence holds both ``i`` and
   ``j`` (``i != j``).  With the binary user×item matrix ``X`` (1 if the user interacted with
   the item at least once in training), ``C = XᵀX`` with the diagonal removed.  A user's
-  training sequence is their time-ordered sequence minus the last ``holdout`` (= 2)
-  interactions: RecBole's leave-one-out split uses the last one as the test target and the
-  second-last as the validation target, so neither may leak into the weights.
+  training sequence is their time-ordered sequence minus what RecBole's leave-one-out split
+  holds out (:func:`held_out`): the last interaction is the test target and the second-last
+  the validation target (``holdout`` = 2), so neither may leak into the weights; users with
+  fewer than 4 interactions keep more in training, as RecBole does.
 * Eq. 11 — ``S(i, j) = log(1 + C(i, j)) / log(1 + C_max)`` in ``[0, 1]``; pairs that never
   co-occur have ``S = 0`` (weight ``exp(-γ·0) = 1``, Eq. 12).
 
@@ -27,7 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 
 __all__ = [
-    "cooccurrence_counts", "naive_cooccurrence_counts", "normalized_scores",
+    "held_out", "cooccurrence_counts", "naive_cooccurrence_counts", "normalized_scores",
     "save_cooccurrence", "load_cooccurrence", "training_item_counts",
 ]
 
@@ -100,11 +101,27 @@ def _stable_user_time_order(users: np.ndarray, times: np.ndarray) -> np.ndarray:
     return key & ((1 << index_bits) - 1)
 
 
+def held_out(n_interactions, holdout: int):
+    """How many of a user's last interactions RecBole's sequential leave-one-out split keeps
+    out of training (an int, or an array for an array of sequence lengths).
+
+    A user with ``n`` interactions gives ``n - 1`` training rows (targets 2..n); RecBole's
+    ``_split_index_by_leave_one_out`` sends ``min(holdout, rows - 1)`` of them to test (and
+    valid), so ``min(holdout, n - 2)`` items never enter training: a user with 3 interactions
+    has a test item but no validation item, one with 2 has neither.  A user with one
+    interaction has no training row at all.  ``holdout=0``: the whole sequence.
+    """
+    n = np.asarray(n_interactions)
+    held = np.where(n < 2, n, np.minimum(holdout, n - 2)) if holdout else np.zeros_like(n)
+    return held if held.ndim else int(held)
+
+
 def _training_mask(users: np.ndarray, times: np.ndarray, holdout: int) -> tuple[np.ndarray, np.ndarray]:
     """``(rows, user_code)``: input rows of the training sequences, in (user, time) order.
 
-    The order is stable (ties in time keep input order); each user's last ``holdout`` rows
-    are dropped.  ``user_code`` is a dense 0.. user index for each returned row.
+    The order is stable (ties in time keep input order); each user's last
+    :func:`held_out` rows are dropped.  ``user_code`` is a dense 0.. user index for each
+    returned row.
     """
     n = len(users)
     if n == 0:
@@ -121,8 +138,9 @@ def _training_mask(users: np.ndarray, times: np.ndarray, holdout: int) -> tuple[
     code = np.cumsum(new_run) - 1
     starts = np.flatnonzero(new_run)
     ends = np.r_[starts[1:], n]
-    # Rows whose distance to the end of their user's run is <= holdout are held out.
-    keep = (np.repeat(ends, ends - starts) - np.arange(n)) > holdout
+    # Rows whose distance to the end of their user's run is <= the user's held-out count are held out.
+    runs = ends - starts
+    keep = (np.repeat(ends, runs) - np.arange(n)) > np.repeat(held_out(runs, holdout), runs)
     return order[keep], code[keep]
 
 
@@ -220,7 +238,7 @@ def cooccurrence_counts(user_ids: np.ndarray, item_ids: np.ndarray, timestamps: 
     """``C`` of Eq. 10: users whose training sequence contains both items, ``n_items × n_items``.
 
     Each user's interactions are sorted by ``timestamps`` (stable: ties keep input order)
-    and the last ``holdout`` are dropped (the leave-one-out valid and test targets).  An item
+    and the last :func:`held_out` are dropped (the leave-one-out valid and test targets).  An item
     seen several times by one user counts once.  Returns a symmetric ``int32`` CSR matrix
     with a zero (structurally empty) diagonal and sorted indices.
 
@@ -245,7 +263,7 @@ def training_item_counts(user_ids: np.ndarray, item_ids: np.ndarray, timestamps:
                          n_items: int, holdout: int = 2) -> np.ndarray:
     """Item popularity in the training sequences: interactions per item id, ``[n_items]`` int64.
 
-    The same training part as :func:`cooccurrence_counts` (each user's last ``holdout``
+    The same training part as :func:`cooccurrence_counts` (each user's last :func:`held_out`
     interactions dropped), so popularity groups never see the valid or test targets; a
     repeated interaction counts each time.
     """
@@ -264,7 +282,8 @@ def naive_cooccurrence_counts(user_ids: np.ndarray, item_ids: np.ndarray, timest
     pairs: dict[tuple[int, int], int] = {}
     for events in per_user.values():
         events.sort()                               # by time, then input row: stable
-        kept = events[:len(events) - holdout] if holdout else events
+        m = len(events)                             # held_out, written out: no numpy per user
+        kept = events[:m - ((m if m < 2 else min(holdout, m - 2)) if holdout else 0)]
         distinct = sorted({item for _, _, item in kept})
         for i, j in combinations(distinct, 2):
             pairs[(i, j)] = pairs.get((i, j), 0) + 1
