@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import functools
 import hashlib
 import json
 import math
@@ -56,9 +55,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from recbole_genair.config import command_line_overrides
-from recbole_genair.data.dataset import default_feature_file
 from recbole_genair.distributed import LAUNCH_KEYS
 from recbole_genair.quick_start import build_config, run
+from recbole_genair.run_settings import NON_RESULT_KEYS, resolved_settings, settings_changes
 from recbole_genair.registry import ABLATIONS, BACKBONES, UsageError, methods as registered_methods
 from recbole_genair.registry import all_methods, model_class
 
@@ -67,19 +66,6 @@ DEFAULT_METRICS = ("hit@10", "ndcg@10")
 DEFAULT_OUT = Path("saved") / "experiments"
 RESULTS_FILE = "results.jsonl"
 FULL_RANKING_FILE = "full_ranking.jsonl"
-# Settings that cannot change a run's numbers; left out of the config hash.
-NON_RESULT_KEYS = frozenset({"seed", "show_progress", "state", "checkpoint_dir", "torch_threads",
-                             "log_wandb", "wandb_project", "progress_file"})
-# Settings that say where or with what a run went, never what it computed (machine paths,
-# devices, distributed set-up, evaluation batch size, log rounding); data files enter the
-# resolved settings by content instead of by path.
-LOCATION_KEYS = frozenset({"data_path", "archetype_feature_file", "config_files", "device", "gpu_id", "use_gpu",
-                           "local_rank", "single_spec", "nproc", "world_size", "offset", "ip", "port", "worker",
-                           "eval_batch_size", "loss_decimal_place"})
-# Settings added after results were recorded, with the value that reproduces those results:
-# at that value a key is left out of the resolved settings, so cells recorded before it
-# existed stay current (and keep their progress files); any other value is a change.
-NEUTRAL_NEW_KEYS = {"projector_dtype": "float32", "item_id_residual": False}
 # Options of this module's command line; every other --key=value is a RecBole setting.
 # Training bookkeeping of quick_start.run kept in each record; runs.csv shows all but the curve.
 TRAINING_COLUMNS = ("epochs_run", "best_epoch", "median_epoch_seconds")
@@ -103,38 +89,6 @@ def config_hash(config_file_list: Optional[Sequence[str]], overrides: dict) -> s
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
-@functools.lru_cache(maxsize=64)
-def _file_sha1(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha1()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def data_files(config) -> list[Path]:
-    """The data files a cell's numbers depend on: the interactions, and the archetype
-    features for the methods that read them."""
-    files = [Path(config["data_path"]) / f"{config['dataset']}.inter"]
-    if "genair_features" in config:
-        files.append(Path(config["archetype_feature_file"] or default_feature_file(config)))
-    return files
-
-
-def resolved_settings(config) -> dict:
-    """``{key: repr(value)}`` of a cell's final configuration (every YAML layer resolved),
-    without :data:`NON_RESULT_KEYS`, :data:`LOCATION_KEYS` and :data:`NEUTRAL_NEW_KEYS` at their
-    neutral values, plus ``data:<file name>`` →
-    SHA-1 of each of :func:`data_files` (``missing`` if absent)."""
-    skip = NON_RESULT_KEYS | LOCATION_KEYS
-    settings = {k: repr(v) for k, v in config.final_config_dict.items()
-                if k not in skip and not (k in NEUTRAL_NEW_KEYS and v == NEUTRAL_NEW_KEYS[k])}
-    for path in data_files(config):
-        stat = path.stat() if path.is_file() else None
-        settings[f"data:{path.name}"] = _file_sha1(str(path), stat.st_size, stat.st_mtime_ns) if stat else "missing"
-    return settings
-
-
 def cell_settings(dataset: str, model: str, method: str, config_file_list, overrides: dict) -> dict:
     """:func:`resolved_settings` of one (backbone, method) cell, as the runner would configure it."""
     return resolved_settings(build_config(model, dataset, method, config_file_list, dict(overrides)))
@@ -145,12 +99,6 @@ def progress_file(out: Path, model: str, method: str, seed: int, settings: dict)
     settings, so a partial run made under other settings is never resumed."""
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     return out / "saved" / "progress" / f"{model}-{method}-seed{seed}-{digest}.pth"
-
-
-def settings_changes(old: dict, new: dict) -> list[str]:
-    """``key: old → new`` for every resolved setting that differs (``–`` where absent)."""
-    return [f"{k}: {old.get(k, '–')} → {new.get(k, '–')}"
-            for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
 
 def cell_key(record: dict) -> tuple:

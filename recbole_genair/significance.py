@@ -132,7 +132,7 @@ MAX_LABEL_KEYS = 4
 
 def model_settings(config) -> dict:
     """A checkpoint's configuration as ``{key: repr(value)}`` (what labels are told apart by)."""
-    from recbole_genair.experiments import LOCATION_KEYS, NON_RESULT_KEYS
+    from recbole_genair.run_settings import LOCATION_KEYS, NON_RESULT_KEYS
     skip = INCIDENTAL_KEYS | (LOCATION_KEYS - {"archetype_feature_file"}) | (NON_RESULT_KEYS - {"seed"})
     return {k: repr(v) for k, v in config.final_config_dict.items() if k not in skip}
 

@@ -37,6 +37,7 @@ from recbole.trainer import Trainer
 from recbole_genair.compat import load_checkpoint, shared_dir, trusted_checkpoints
 from recbole_genair.data.dataset import interaction_columns
 from recbole_genair.distributed import agree, is_distributed, rank_file, set_up_trainer
+from recbole_genair.run_settings import resolved_settings, settings_changes
 
 
 def fixed_negatives(dataset, n_neg: int, seed: int) -> torch.Tensor:
@@ -154,13 +155,20 @@ class GenAIRTrainer(Trainer):
 
         return super().fit(train_data, valid_data, verbose, saved, show_progress, after_validation)
 
+    def _progress_settings(self) -> dict:
+        """What the saved state was trained under: the seed and the resolved settings."""
+        return {"seed": repr(self.config["seed"]), **resolved_settings(self.config)}
+
     def _save_progress(self, path: Path, epoch_idx: int, train_data, finished: bool) -> None:
         state = {"model": self.config["model"], "epoch": epoch_idx, "finished": finished,
+                 "settings": self._progress_settings(),
                  **{key: getattr(self, key) for key in self.RESUMED_ATTRIBUTES},
                  "state_dict": self.model.state_dict(), "other_parameter": self.model.other_parameter(),
                  "optimizer": self.optimizer.state_dict(),
                  "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                         "python": random.getstate(), "loader": train_data.generator.get_state()}}
+                         "python": random.getstate(), "loader": train_data.generator.get_state(),
+                         # dropout on CUDA tensors draws from the devices' generators
+                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + ".partial")
         torch.save(state, partial)
@@ -171,6 +179,11 @@ class GenAIRTrainer(Trainer):
         state = load_checkpoint(path, map_location=self.device)
         if state["model"] != self.config["model"]:
             raise ValueError(f"{path}: progress of {state['model']}, not of {self.config['model']}")
+        if "settings" in state:   # files of earlier versions recorded none
+            changes = settings_changes(state["settings"], self._progress_settings())
+            if changes:
+                raise ValueError(f"{path} was saved under other settings (saved → now: {'; '.join(changes)}); "
+                                 "run with those, or delete it to train from scratch")
         if (need_best_file and state["best_valid_result"] is not None
                 and not Path(state["saved_model_file"]).is_file()):
             raise FileNotFoundError(f"{path}: its best checkpoint {state['saved_model_file']} is gone; "
@@ -184,10 +197,16 @@ class GenAIRTrainer(Trainer):
         self.start_epoch = state["epoch"] + 1
         for key in self.RESUMED_ATTRIBUTES:
             setattr(self, key, state[key])
-        torch.set_rng_state(state["rng"]["torch"])
+        # random states are CPU byte tensors, whatever map_location did to them
+        torch.set_rng_state(state["rng"]["torch"].cpu())
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
-        train_data.generator.set_state(state["rng"]["loader"])
+        train_data.generator.set_state(state["rng"]["loader"].cpu())
+        cuda = state["rng"].get("cuda")
+        if cuda is not None and torch.cuda.is_available():
+            if len(cuda) != torch.cuda.device_count():
+                raise ValueError(f"{path}: saved with {len(cuda)} CUDA device(s), {torch.cuda.device_count()} now")
+            torch.cuda.set_rng_state_all([t.cpu() for t in cuda])
         self.logger.info(f"resumed from {path}: epoch {state['epoch']} done"
                          + ("; training had finished" if state["finished"] else f", continuing at {self.start_epoch}"))
         return bool(state["finished"])

@@ -70,7 +70,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from recbole_genair.cluster import LOCAL, init_ray, nodes_not_seeing
-from recbole_genair.experiments import resolved_settings, settings_changes
+from recbole_genair.run_settings import resolved_settings, settings_changes
 from recbole_genair.paths import PROPERTIES_DIR, read_yaml
 from recbole_genair.quick_start import build_config
 from recbole_genair.registry import UnknownChoiceError, UsageError, method_settings, model_class, model_method

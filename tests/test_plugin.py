@@ -262,6 +262,8 @@ def test_interrupted_training_resumes_to_the_uninterrupted_result(backbone, fast
     with pytest.raises(FileNotFoundError, match="is gone; delete .*cut.pth to train from scratch"):
         run(backbone, "ml-100k", "genair", config_dict=dict(settings, progress_file=str(progress)))
     hidden.rename(best_file)
+    with pytest.raises(ValueError, match=r"saved under other settings .*learning_rate: 0\.003 → 0\.1"):
+        run(backbone, "ml-100k", "genair", config_dict=dict(settings, progress_file=str(progress), learning_rate=0.1))
     resumed_epochs = []
     resumed = run(backbone, "ml-100k", "genair", config_dict=dict(settings, progress_file=str(progress)),
                   callback=lambda epoch_idx, score: resumed_epochs.append(epoch_idx))
