@@ -21,7 +21,7 @@ NON_RESULT_KEYS = frozenset({"seed", "show_progress", "state", "checkpoint_dir",
 # resolved settings by content instead of by path.
 LOCATION_KEYS = frozenset({"data_path", "archetype_feature_file", "config_files", "device", "gpu_id", "use_gpu",
                            "local_rank", "single_spec", "nproc", "world_size", "offset", "ip", "port", "worker",
-                           "eval_batch_size", "loss_decimal_place"})
+                           "eval_batch_size", "loss_decimal_place", "llmemb_id_checkpoint"})
 # Settings added after results were recorded, with the value that reproduces those results:
 # at that value a key is left out of the resolved settings, so cells recorded before it
 # existed stay current (and keep their progress files); any other value is a change.
@@ -38,11 +38,13 @@ def _file_sha1(path: str, size: int, mtime_ns: int) -> str:
 
 
 def data_files(config) -> list[Path]:
-    """The data files a cell's numbers depend on: the interactions, and the archetype
-    features for the methods that read them."""
+    """The data files a cell's numbers depend on: the interactions, the archetype features for
+    the methods that read them, and LLMEmb's pretrained ID checkpoint when it aligns to one."""
     files = [Path(config["data_path"]) / f"{config['dataset']}.inter"]
     if "genair_features" in config:
         files.append(Path(config["archetype_feature_file"] or default_feature_file(config)))
+    if "llmemb_id_checkpoint" in config and config["llmemb_id_checkpoint"]:
+        files.append(Path(config["llmemb_id_checkpoint"]))
     return files
 
 

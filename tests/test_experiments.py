@@ -188,6 +188,16 @@ def test_resolved_settings_cover_package_defaults_and_data_content_not_paths(dat
     edited = experiments.cell_settings("ml-100k", "SASRec", "genair", None, {**root, "archetype_feature_file": str(copy)})
     assert experiments.settings_changes(moved, edited) == [
         f"data:copy.archetype: {moved['data:copy.archetype']} → {edited['data:copy.archetype']}"]
+    # LLMEmb's pretrained ID checkpoint counts by content: trained again in place, it is a change
+    ckpt = tmp_path / "id_model.pth"
+    ckpt.write_bytes(b"first")
+    llmemb = lambda: experiments.cell_settings("ml-100k", "SASRec", "llmemb", None,
+                                               {**root, "llmemb_id_checkpoint": str(ckpt)})
+    first = llmemb()
+    assert "llmemb_id_checkpoint" not in first and first["data:id_model.pth"]
+    ckpt.write_bytes(b"trained again")
+    assert experiments.settings_changes(first, llmemb()) == [
+        f"data:id_model.pth: {first['data:id_model.pth']} → {llmemb()['data:id_model.pth']}"]
 
 
 def test_failed_cell_is_reported_not_stored_and_retried(monkeypatch, fake_settings, tmp_path):
