@@ -34,7 +34,7 @@ from typing import Iterable
 
 import torch
 from recbole.config import Config as RecBoleConfig
-from recbole.utils import ModelType
+from recbole.utils import InputType, ModelType
 from recbole.model.abstract_recommender import AbstractRecommender
 
 from recbole_genair.distributed import init_cpu_group
@@ -148,6 +148,11 @@ class Config(RecBoleConfig):
         elif (DATASET_DIR / self.dataset).is_dir():
             self.final_config_dict["data_path"] = str(DATASET_DIR / self.dataset)
         final = self.final_config_dict
-        if (final.get("loss_type") == "BPR" and final.get("MODEL_TYPE") == ModelType.SEQUENTIAL
-                and final.get("train_neg_sample_args") in (None, "None")):
+        # this package's layer turns negative sampling off (CE); what trains on sampled
+        # negatives gets RecBole's uniform sampler back: a sequential model with the BPR loss,
+        # and a RecBole model of pairwise input (BPR, LightGCN, ...) reached through get_model
+        sequential = final.get("MODEL_TYPE") == ModelType.SEQUENTIAL
+        pairwise = getattr(self.model_class, "input_type", None) == InputType.PAIRWISE
+        if (final.get("train_neg_sample_args") in (None, "None")
+                and (final.get("loss_type") == "BPR" if sequential else pairwise)):
             final["train_neg_sample_args"] = dict(BPR_NEGATIVES)

@@ -39,6 +39,21 @@ def test_get_model_finds_plugin_first_then_recbole(monkeypatch):
         get_model("NoSuchModel")
 
 
+def test_a_recbole_pairwise_model_reached_through_the_fallback_trains(data_root):
+    """This package's layer turns negative sampling off for CE; RecBole's BPR model still
+    gets its sampled negatives (it raised KeyError 'neg_item_id')."""
+    from recbole.data import create_dataset, data_preparation
+    from recbole.model.general_recommender import BPR
+    config = Config(model="BPR", dataset="ml-100k", config_dict={
+        "data_path": str(data_root), "eval_negatives": 0, "show_progress": False, "state": "ERROR"})
+    assert config["train_neg_sample_args"]["distribution"] == "uniform"
+    train, _, _ = data_preparation(config, create_dataset(config))
+    model = BPR(config, train._dataset)
+    assert torch.isfinite(model.calculate_loss(next(iter(train))))
+    sasrec = Config(model="SASRec", dataset="ml-100k", config_dict={"data_path": str(data_root)})
+    assert sasrec["train_neg_sample_args"]["distribution"] == "none"    # CE: none
+
+
 def test_config_layers_parent_defaults_plugin_yaml_and_overrides(data_root):
     genair = Config(model=model_class("BERT4Rec", "genair"), dataset="ml-100k",
                     config_dict={"data_path": str(data_root), "calibration_gamma": 3.0})
