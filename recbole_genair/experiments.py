@@ -35,7 +35,9 @@ Outputs in ``DIR`` (default ``saved/experiments/<dataset>``, git-ignored):
 ``table2.md`` / ``table2.csv`` — rows = backbone x metric, columns = methods, cells
 mean ± std (sample std) over seeds, best per row in bold, GenAIR's improvement over the best
 baseline in % and the two-sided t-test p-value (``scipy.stats.ttest_ind``, Student's,
-GenAIR's seeds vs the best baseline's seeds) — and ``runs.csv`` (one row per run).
+GenAIR's seeds vs the best baseline's seeds; the best baseline of a row is the one with the
+highest test mean in that row, as in the paper's tables, so the HR@10 and NDCG@10 rows may name
+different ones and the gain is never flattered) — and ``runs.csv`` (one row per run).
 The paper's ablations (``genair_wo_prefill``, ``genair_wo_decoding``,
 ``genair_wo_calibration``; Table 3) run as methods when named in ``--methods``: they are
 columns with a p-value of GenAIR against each, never the "best baseline".
