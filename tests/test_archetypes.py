@@ -139,17 +139,24 @@ def _tiny_other_family(family: str):
                                             max_position_embeddings=128)).eval()
 
 
-@pytest.mark.parametrize("family", ["gpt2", "gpt_neox"])
-def test_other_model_families_pool_the_last_layer_of_their_own_stack(family):
-    model = _tiny_other_family(family)
-    _, prompts = _prefixed_prompts()   # shared prefix: its cache is repeated per row
-    batch = generate_and_embed(model, prompts, max_new_tokens=5, stop_ids=[7], pad_id=0)
+def _assert_rows_equal_unpadded_and_alone(model, prompts, batch, **kwargs):
+    """Each row of a batched run: the pooled states of one unpadded forward over prompt +
+    generated ids, and the tokens the prompt generates alone (``kwargs`` of that run)."""
     for row, prompt in enumerate(prompts):
         pre, dec = _reference(model, prompt, batch.generated[row])
         torch.testing.assert_close(batch.prefill[row], pre, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(batch.decoding[row], dec, atol=1e-5, rtol=1e-4)
-        one = generate_and_embed(model, [prompt], max_new_tokens=5, stop_ids=[7], pad_id=0)
+        one = generate_and_embed(model, [prompt], **kwargs)
         assert one.generated[0] == batch.generated[row]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox"])
+def test_other_model_families_pool_the_last_layer_of_their_own_stack(family):
+    model = _tiny_other_family(family)
+    _, prompts = _prefixed_prompts()   # shared prefix: its cache is repeated per row
+    kwargs = dict(max_new_tokens=5, stop_ids=[7], pad_id=0)
+    batch = generate_and_embed(model, prompts, **kwargs)
+    _assert_rows_equal_unpadded_and_alone(model, prompts, batch, **kwargs)
     with torch.no_grad():   # greedy tokens are the model's own greedy continuation
         ref = model.generate(torch.tensor([prompts[0]]), max_new_tokens=5, do_sample=False, pad_token_id=0)
     assert batch.generated[0] == ref[0, len(prompts[0]):].tolist()[:len(batch.generated[0])]
@@ -190,13 +197,9 @@ def test_shared_prefix_runs_once_and_matches_unshared_and_unpadded_passes(tiny_l
     assert shared_prefill_tokens == 9 + len(prompts) * (longest - 9)
     assert shared.generated == plain.generated
     torch.testing.assert_close(shared.prefill, plain.prefill, atol=1e-5, rtol=1e-4)
-    longer = generate_and_embed(tiny_llama, prompts, max_new_tokens=6, stop_ids=[7], pad_id=0)
-    for row, prompt in enumerate(prompts):
-        pre, dec = _reference(tiny_llama, prompt, longer.generated[row])
-        torch.testing.assert_close(longer.prefill[row], pre, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(longer.decoding[row], dec, atol=1e-5, rtol=1e-4)
-        one = generate_and_embed(tiny_llama, [prompt], max_new_tokens=6, stop_ids=[7], pad_id=0)
-        assert one.generated[0] == longer.generated[row]
+    kwargs = dict(max_new_tokens=6, stop_ids=[7], pad_id=0)
+    longer = generate_and_embed(tiny_llama, prompts, **kwargs)
+    _assert_rows_equal_unpadded_and_alone(tiny_llama, prompts, longer, **kwargs)
 
 
 def test_teacher_forced_rebuild_shares_the_prefix_and_matches_generation(tiny_llama):

@@ -105,9 +105,9 @@ class ShardStore:
         """Commit ``shard`` as a new file; never replaces one already there.
 
         A re-run writes the items a batch left unfinished (say one failed item) under that
-        batch's number again: replacing the existing file would drop the items it holds.  So the first free name
-        ``batch_<b>.npz``, ``batch_<b>.1.npz``, ... is taken, with ``os.link`` (which fails
-        rather than overwrite) after the data are on disk.
+        batch's number again: replacing the existing file would drop the items it holds.  So
+        the first free name ``batch_<b>.npz``, ``batch_<b>.1.npz``, ... is taken, with
+        ``os.link`` (which fails rather than overwrite) after the data are on disk.
         """
         first = self.shard_path(batch)
         tmp = first.with_name(f".{first.name}.tmp{os.getpid()}")
